@@ -1,0 +1,99 @@
+"""``RlesegCLI``: LightningCLI with rleseg's links, checkpoints, loggers and prediction writer."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from rleseg.module import DataInfo
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``masks/NAME.png`` (class ids, 8- or 16-bit) and ``overlays/NAME.png`` for ``rleseg predict``.
+
+    Args:
+        output_dir: where to write; defaults to ``<log dir>/predictions``.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        from PIL import Image
+
+        from rleseg.visualize import overlay
+
+        root = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        (root / "overlays").mkdir(parents=True, exist_ok=True)
+        masks, images = prediction["mask"], prediction["image"].numpy()
+        paths = prediction.get("path") or [f"{batch_idx:05d}_{i:03d}" for i in range(len(masks))]
+        num_classes = pl_module.num_classes
+        for i, (mask, name) in enumerate(zip(masks, paths, strict=True)):
+            stem = Path(str(name)).stem
+            frames = mask if mask.ndim == 3 else mask[None]
+            clip = images[i] if images.ndim == 5 else images[i][None]
+            for t, frame in enumerate(frames):
+                suffix = f"_t{t:02d}" if len(frames) > 1 else ""
+                dtype = np.uint8 if frame.max() < 256 else np.uint16
+                Image.fromarray(frame.astype(dtype)).save(root / "masks" / f"{stem}{suffix}.png")
+                over = overlay(clip[min(t, len(clip) - 1)], frame, num_classes)
+                Image.fromarray((over * 255).astype(np.uint8)).save(root / "overlays" / f"{stem}{suffix}.png")
+
+
+def _default_loggers() -> list[dict[str, Any]]:
+    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}})
+    return loggers
+
+
+class RlesegCLI(LightningCLI):
+    """LightningCLI for rleseg: ``rleseg fit --config experiments/NAME.yaml``.
+
+    * ``model`` and ``data`` are chosen by ``class_path`` (``rleseg.module.RLESegModule`` or
+      ``DenseSegModule``; ``rleseg.data.ImageSegDataModule``, ``VideoSegDataModule``, ``PanopticDataModule``).
+    * The DataModule's sizes flow into the model as one :class:`DataInfo` (``link_arguments``).
+    * ``checkpoint`` (best by validation Dice) and ``last_checkpoint`` (every N steps, for resuming with
+      ``--ckpt_path .../last.ckpt``) are configurable sections; predictions are written as PNGs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("model_class", LightningModule)
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        defaults = {"logger": _default_loggers(), "default_root_dir": "runs", "log_every_n_steps": 10}
+        kwargs.setdefault("trainer_defaults", defaults)
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data", "model.init_args.data_info", compute_fn=DataInfo.from_datamodule, apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/dice_mean",
+                "checkpoint.mode": "max",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-epoch{epoch:03d}-dice{val/dice_mean:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.save_top_k": 0,
+                "last_checkpoint.save_last": True,
+                "last_checkpoint.every_n_train_steps": 50,
+            }
+        )
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")

@@ -1,0 +1,522 @@
+"""The LightningModules: the one place where model, tokenizer and metrics meet.
+
+:class:`RLESegModule` trains the Pix2Seq token model (teacher forcing, weighted token cross-entropy)
+and evaluates it by generating sequences, decoding them into masks and scoring those masks the way the
+paper does (SPEC §8). :class:`DenseSegModule` is the dense baseline in the same harness: same
+DataModules, same metrics, same logging, pixel cross-entropy instead of tokens.
+
+Both take their data-dependent sizes as one :class:`DataInfo`, which the ``rleseg`` CLI links from the
+DataModule (``link_arguments``), so a vocabulary size or a sequence length is never typed twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+
+from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats
+from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
+
+
+@dataclass
+class DataInfo:
+    """What the model side needs to know about the data; built from a DataModule."""
+
+    task: str = "image"
+    num_classes: int = 2
+    vocab_size: int = 0
+    max_seq_len: int = 0
+    class_names: list[str] = field(default_factory=list)
+    thing_classes: list[int] = field(default_factory=list)
+    input_size: tuple[int, int] = (64, 64)
+    frames: int = 1
+    in_chans: int = 3
+    label_divisor: int = 1000
+
+    @classmethod
+    def from_datamodule(cls, dm: Any) -> DataInfo:
+        """Read the attributes every rleseg DataModule exposes after ``__init__``."""
+        return cls(
+            task=dm.task,
+            num_classes=int(dm.num_classes),
+            vocab_size=int(dm.vocab_size),
+            max_seq_len=int(dm.max_seq_len),
+            class_names=list(dm.class_names),
+            thing_classes=[int(c) for c in getattr(dm, "thing_classes", [])],
+            input_size=tuple(int(v) for v in dm.input_size),
+            frames=int(getattr(dm, "frames", 1)),
+            in_chans=int(getattr(dm, "in_chans", 3)),
+            label_divisor=int(getattr(dm, "label_divisor", 1000)),
+        )
+
+
+def upsample_nearest(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resize of an integer mask (last two axes) to ``shape[-2:]``."""
+    h, w = mask.shape[-2:]
+    out_h, out_w = shape[-2:]
+    if (h, w) == (out_h, out_w):
+        return mask
+    rows = (np.arange(out_h) * h // out_h).astype(np.intp)
+    cols = (np.arange(out_w) * w // out_w).astype(np.intp)
+    return mask[..., rows[:, None], cols[None, :]]
+
+
+class SegModuleBase(LightningModule):
+    """Shared evaluation, logging, visualisation and optimisation of the token and dense modules."""
+
+    def __init__(
+        self,
+        data_info: DataInfo | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.05,
+        num_vis: int = 6,
+        max_truncated_fraction: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if data_info is None:
+            raise ValueError(
+                f"{type(self).__name__} needs `data_info`; the rleseg CLI links it from the DataModule "
+                "(run through `rleseg fit --config ...`, or pass DataInfo.from_datamodule(dm))."
+            )
+        self.info = data_info
+        self.num_classes = data_info.num_classes
+        n = data_info.num_classes
+        self.val_metrics = SegmentationMetrics(n)
+        self.test_metrics = SegmentationMetrics(n)
+        self.val_token_metrics = SegmentationMetrics(n)
+        self.test_token_metrics = SegmentationMetrics(n)
+        self.val_ceiling = SegmentationMetrics(n)
+        self.test_ceiling = SegmentationMetrics(n)
+        if data_info.task == "panoptic":
+            stuffs = [c for c in range(1, n) if c not in set(data_info.thing_classes)]
+            self.val_pq = PanopticMetrics(things=list(data_info.thing_classes), stuffs=stuffs)
+            self.test_pq = PanopticMetrics(things=list(data_info.thing_classes), stuffs=stuffs)
+        self._vis: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Norms, biases, embeddings and positions are not weight-decayed (standard for transformers).
+            (no_decay if p.ndim < 2 or "embed" in name or "pos" in name else decay).append(p)
+        hp = self.hparams
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_ratio * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def predict_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Predicted label-resolution masks (and token-resolution ones where they exist) of a batch."""
+        raise NotImplementedError  # each concrete module implements its own prediction path
+
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        out = self.predict_masks(batch)
+        target = batch["mask"]
+        semantic_pred, semantic_target = out["mask"], target
+        if self.info.task == "panoptic":
+            getattr(self, f"{stage}_pq").update(out["mask"], target)
+            semantic_pred = out["mask"] // self.info.label_divisor
+            semantic_target = target // self.info.label_divisor
+        getattr(self, f"{stage}_metrics").update(semantic_pred, semantic_target)
+        if out.get("token_mask") is not None and "token_mask" in batch:
+            tok_pred, tok_target = out["token_mask"], batch["token_mask"]
+            if self.info.task == "panoptic":
+                tok_pred, tok_target = tok_pred // self.info.label_divisor, tok_target // self.info.label_divisor
+            getattr(self, f"{stage}_token_metrics").update(tok_pred, tok_target)
+            # The encoding's own ceiling: ground-truth tokens decoded and upsampled back.
+            ceiling = torch.from_numpy(upsample_nearest(tok_target.cpu().numpy(), tuple(target.shape)))
+            getattr(self, f"{stage}_ceiling").update(ceiling.to(target.device), semantic_target)
+        if stage == "val" and batch_idx == 0 and self.global_rank == 0:
+            self._vis = {
+                "image": batch["image"][: self.hparams.num_vis].float().cpu().numpy(),
+                "target": semantic_target[: self.hparams.num_vis].cpu().numpy(),
+                "pred": semantic_pred[: self.hparams.num_vis].cpu().numpy(),
+            }
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def _log_metrics(self, stage: str) -> None:
+        names = self.info.class_names or [str(c) for c in range(self.num_classes)]
+        for prefix, metric in (
+            ("", getattr(self, f"{stage}_metrics")),
+            ("token_", getattr(self, f"{stage}_token_metrics")),
+            ("ceiling_", getattr(self, f"{stage}_ceiling")),
+        ):
+            if not metric.update_called:
+                continue
+            values = metric.compute()  # torchmetrics syncs the states across processes here
+            for key in ("recall", "precision", "dice", "iou"):
+                self.log(f"{stage}/{prefix}{key}_mean", values[f"mean_{key}"], sync_dist=False)
+                if prefix == "":
+                    for c in range(1, self.num_classes):
+                        v = values[key][c]
+                        if not torch.isnan(v):
+                            self.log(f"{stage}/{key}_{names[c] if c < len(names) else c}", v)
+            metric.reset()
+        if self.info.task == "panoptic":
+            pq = getattr(self, f"{stage}_pq")
+            if pq.update_called:
+                for key, v in pq.compute().items():
+                    self.log(f"{stage}/{key}", v)
+                pq.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        if self._vis is not None and not self.trainer.sanity_checking:
+            self._save_visualisation(self._vis)
+        self._vis = None
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _save_visualisation(self, vis: dict[str, np.ndarray]) -> None:
+        from rleseg.visualize import save_prediction_grid
+
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        path = Path(log_dir) / "val_predictions" / f"epoch_{self.current_epoch:03d}.png"
+        save_prediction_grid(
+            path,
+            vis["image"],
+            vis["target"],
+            vis["pred"],
+            num_classes=self.num_classes,
+            title=f"epoch {self.current_epoch}: image | ground truth | prediction",
+        )
+
+
+class RLESegModule(SegModuleBase):
+    """The Pix2Seq token model: teacher-forced training, generation-based evaluation (SPEC §6–8).
+
+    Args:
+        data_info: sizes linked from the DataModule by the CLI.
+        backbone, pretrained, weights_path, feature_stride, d_model, encoder_layers, decoder_layers,
+            num_heads, mlp_dim, dropout, fusion: see :class:`rleseg.models.Pix2Seq`.
+        eos_weight: loss weight of EOS targets. pad_weight: of PAD targets (the reference used 0.1
+            with no EOS; with an explicit EOS, 0 is the clean choice).
+        class_token_weight: loss weight of tokens that carry the class (``class``/``lac``/... ranges),
+            against the class imbalance the paper names as its weakness.
+        decoding: ``greedy`` or ``top_p``; ``top_p`` is the nucleus mass (the reference's 0.4).
+        constrained: grammar-constrained decoding (only the field that belongs at a position).
+        lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW with linear warm-up and cosine decay.
+    """
+
+    CLASS_FIELDS = ("class", "lac", "tac", "ltac", "stuff_lac", "stuff_class")
+
+    def __init__(
+        self,
+        data_info: DataInfo | None = None,
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        feature_stride: int = 16,
+        d_model: int = 256,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        num_heads: int = 8,
+        mlp_dim: int = 1024,
+        dropout: float = 0.1,
+        fusion: str = "sequential",
+        eos_weight: float = 1.0,
+        pad_weight: float = 0.0,
+        class_token_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+        decoding: str = "greedy",
+        top_p: float = 0.4,
+        constrained: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.05,
+        num_vis: int = 6,
+        max_truncated_fraction: float = 0.05,
+    ) -> None:
+        super().__init__(
+            data_info, lr, weight_decay, betas, warmup_ratio, min_lr_ratio, num_vis, max_truncated_fraction
+        )
+        if decoding not in ("greedy", "top_p"):
+            raise ValueError(f"decoding must be 'greedy' or 'top_p', got {decoding!r}")
+        self.save_hyperparameters()
+        from rleseg.models import Pix2Seq
+
+        info = self.info
+        model_frames = info.frames if info.task == "video" else 1
+        self.model = Pix2Seq(
+            vocab_size=info.vocab_size,
+            max_seq_len=info.max_seq_len,
+            backbone=backbone,
+            pretrained=pretrained,
+            weights_path=weights_path,
+            in_chans=info.in_chans,
+            feature_stride=feature_stride,
+            d_model=d_model,
+            encoder_layers=encoder_layers,
+            decoder_layers=decoder_layers,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            dropout=dropout,
+            frames=model_frames,
+            fusion=fusion,
+        )
+        self.val_seq = SequenceStats()
+        self.test_seq = SequenceStats()
+        self.tokenizer: Tokenizer | None = None
+        self._cached_prediction: dict[str, Any] | None = None
+        self.register_buffer("token_weight", torch.ones(info.vocab_size), persistent=False)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "tokenizer"):
+            raise ValueError("RLESegModule needs an rleseg DataModule (it provides the tokenizer)")
+        self.attach_tokenizer(dm.tokenizer)
+
+    def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Use ``tokenizer`` for decoding and build the per-token loss weights from its vocabulary."""
+        if tokenizer.vocab_size != self.info.vocab_size:
+            raise ValueError(
+                f"tokenizer vocabulary ({tokenizer.vocab_size}) differs from the model's ({self.info.vocab_size}); "
+                "was the checkpoint trained with another tokenizer configuration?"
+            )
+        self.tokenizer = tokenizer
+        w = torch.ones(self.info.vocab_size)
+        w[PAD] = self.hparams.pad_weight
+        w[EOS] = self.hparams.eos_weight
+        for r in tokenizer.vocab.ranges:
+            if r.name in self.CLASS_FIELDS:
+                w[r.lo : r.hi] = self.hparams.class_token_weight
+        self.token_weight = w.to(self.token_weight.device)
+
+    def on_fit_start(self) -> None:
+        self._check_truncation()
+
+    def _check_truncation(self) -> None:
+        """Fail before training when ``max_seq_len`` cuts too many training sequences."""
+        loader = self.trainer.datamodule.train_dataloader()
+        flags, runs = [], []
+        for i, batch in enumerate(loader):
+            flags.append(batch["truncated"].cpu())
+            runs.append(batch["num_runs"].cpu())
+            if i >= 3:
+                break
+        truncated = torch.cat(flags).float().mean().item()
+        if truncated > self.hparams.max_truncated_fraction:
+            need = int(torch.cat(runs).float().quantile(0.95).item()) * self.tokenizer.tokens_per_run + 2
+            raise ValueError(
+                f"max_seq_len={self.info.max_seq_len} truncates {truncated:.0%} of the training sequences "
+                f"(more than max_truncated_fraction={self.hparams.max_truncated_fraction}); set data "
+                f"max_seq_len to at least {need} (p95 of runs × tokens per run + prompt + EOS), use a coarser "
+                "subsample / larger max_run, or raise model max_truncated_fraction."
+            )
+
+    # ------------------------------------------------------------------ training
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        # Static video: the model sees frame 0 only but predicts the whole window.
+        if self.info.task == "static_video" and images.ndim == 5:
+            return images[:, 0]
+        return images
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        tokens = batch["tokens"]
+        logits = self.model(self._model_input(batch["image"]), tokens[:, :-1])
+        target = tokens[:, 1:]
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            target.reshape(-1),
+            reduction="none",
+            label_smoothing=self.hparams.label_smoothing,
+        )
+        w = self.token_weight[target.reshape(-1)]
+        return (ce * w).sum() / w.sum().clamp_min(1e-6)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0])
+        self.log("train/truncated", batch["truncated"].float().mean(), batch_size=batch["tokens"].shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor):
+        """Generate token sequences for a batch of model inputs (image or clip)."""
+        return self.model.generate(
+            self._model_input(images),
+            prompt=PROMPTS[self.info.task],
+            max_len=self.info.max_seq_len,
+            strategy=self.hparams.decoding,
+            top_p=self.hparams.top_p,
+            grammar=self.tokenizer.grammar if self.hparams.constrained else None,
+        )
+
+    def _decode(self, tokens: np.ndarray, probs: np.ndarray | None):
+        results = []
+        for i, row in enumerate(tokens):
+            if self.info.task == "panoptic" and probs is not None:
+                results.append(self.tokenizer.decode_report(row, token_probs=probs[i]))
+            else:
+                results.append(self.tokenizer.decode_report(row))
+        return results
+
+    def predict_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
+        # The eval step generates once, logs sequence statistics, then hands the prediction to the base class.
+        cached = self._cached_prediction
+        return cached if cached is not None else self._generate_masks(batch)
+
+    def _generate_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        out = self.generate(batch["image"])
+        tokens = out.tokens.cpu().numpy()
+        probs = out.probs.float().cpu().numpy() if getattr(out, "probs", None) is not None else None
+        results = self._decode(tokens, probs)
+        seconds = (time.perf_counter() - start) / max(1, len(results))
+        token_masks = np.stack([r.mask for r in results]).astype(np.int64)
+        label_shape = tuple(batch["mask"].shape[1:]) if "mask" in batch else tuple(batch["image"].shape[-2:])
+        masks = upsample_nearest(token_masks, label_shape)
+        device = batch["image"].device
+        return {
+            "mask": torch.from_numpy(np.ascontiguousarray(masks)).to(device),
+            "token_mask": torch.from_numpy(token_masks).to(device),
+            "results": results,
+            "tokens": tokens,
+            "seconds_per_image": seconds,
+        }
+
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        loss = self._loss(batch)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch["tokens"].shape[0])
+        out = self._generate_masks(batch)
+        getattr(self, f"{stage}_seq").update(
+            [r.runs_total for r in out["results"]],
+            [r.runs_dropped for r in out["results"]],
+            [int((row != PAD).sum()) - 1 for row in out["tokens"]],
+            out["seconds_per_image"],
+            batch["truncated"],
+            [int(n) for n in (batch["tokens"] != PAD).sum(dim=1) - 1],
+        )
+        # Reuse the base class's metric updates with the prediction already made.
+        self._cached_prediction = out
+        super()._eval_step(batch, batch_idx, stage)
+        self._cached_prediction = None
+
+    def _log_metrics(self, stage: str) -> None:
+        super()._log_metrics(stage)
+        seq = getattr(self, f"{stage}_seq")
+        if seq.update_called:
+            for key, v in seq.compute().items():
+                self.log(f"{stage}/{key}", v)
+            seq.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        out = self.predict_masks(batch)
+        return {"mask": out["mask"].cpu().numpy(), "path": batch.get("path"), "image": batch["image"].cpu()}
+
+
+class DenseSegModule(SegModuleBase):
+    """The dense baseline: a segmentation head on the same timm backbone, pixel cross-entropy.
+
+    Same DataModules (it ignores the token sequences), same metrics and logging as the token model, so
+    the two can be compared on the same data and memory budget.
+    """
+
+    def __init__(
+        self,
+        data_info: DataInfo | None = None,
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        feature_stride: int = 8,
+        decoder_channels: int = 64,
+        class_weights: list[float] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.05,
+        num_vis: int = 6,
+        max_truncated_fraction: float = 1.0,
+    ) -> None:
+        super().__init__(
+            data_info, lr, weight_decay, betas, warmup_ratio, min_lr_ratio, num_vis, max_truncated_fraction
+        )
+        if self.info.task == "panoptic":
+            raise ValueError("the dense baseline predicts semantic masks; use an image or video DataModule")
+        self.save_hyperparameters()
+        from rleseg.models import DenseSegmenter
+
+        self.model = DenseSegmenter(
+            num_classes=self.num_classes,
+            backbone=backbone,
+            pretrained=pretrained,
+            weights_path=weights_path,
+            in_chans=self.info.in_chans,
+            feature_stride=feature_stride,
+            decoder_channels=decoder_channels,
+            frames=self.info.frames if self.info.task == "video" else 1,
+        )
+        if class_weights is not None and len(class_weights) != self.num_classes:
+            raise ValueError(f"class_weights needs {self.num_classes} values, got {len(class_weights)}")
+        cw = torch.tensor(class_weights, dtype=torch.float32) if class_weights else torch.ones(self.num_classes)
+        self.register_buffer("class_weights", cw, persistent=False)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        if self.info.task == "static_video":
+            # Static video: frame 0 in, the whole window out (the same prediction for every frame).
+            logits = self.model(images[:, 0])
+            return logits.unsqueeze(1).expand(-1, images.shape[1], -1, -1, -1)
+        return self.model(images)
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        logits = self._logits(batch["image"])
+        if logits.ndim == 5:  # video [B, T, N, H, W] -> [B*T, N, H, W]
+            logits = logits.flatten(0, 1)
+        target = batch["mask"].reshape(-1, *batch["mask"].shape[-2:])
+        return F.cross_entropy(logits.float(), target, weight=self.class_weights)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def predict_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
+        logits = self._logits(batch["image"])
+        return {"mask": logits.argmax(dim=-3), "token_mask": None}
+
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        self.log(f"{stage}/loss", self._loss(batch), sync_dist=True, batch_size=batch["image"].shape[0])
+        super()._eval_step(batch, batch_idx, stage)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        out = self.predict_masks(batch)
+        return {"mask": out["mask"].cpu().numpy(), "path": batch.get("path"), "image": batch["image"].cpu()}

@@ -1,0 +1,92 @@
+"""Pictures people would rather look at than read: masks over images, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# Background transparent, then distinct colours (tab20 order) cycled for many classes.
+_TAB20 = np.array(
+    [
+        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+        [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207], [174, 199, 232], [255, 187, 120],
+        [152, 223, 138], [255, 152, 150], [197, 176, 213], [196, 156, 148], [247, 182, 210], [199, 199, 199],
+        [219, 219, 141], [158, 218, 229],
+    ],
+    dtype=np.float32,
+) / 255.0  # fmt: skip
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """``[num_classes, 3]`` RGB in [0, 1]; class 0 (background) is black."""
+    colors = np.zeros((max(num_classes, 1), 3), dtype=np.float32)
+    for c in range(1, num_classes):
+        colors[c] = _TAB20[(c - 1) % len(_TAB20)]
+    return colors
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """A ``[C, H, W]`` (normalised) or ``[H, W]`` image as ``[H, W, 3]`` in [0, 1], contrast-stretched."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    lo, hi = np.percentile(img, [1, 99])
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
+    """Blend class colours over an image where the mask is foreground."""
+    rgb = to_display(image)
+    if rgb.shape[:2] != mask.shape:
+        rows = np.arange(mask.shape[0]) * rgb.shape[0] // mask.shape[0]
+        cols = np.arange(mask.shape[1]) * rgb.shape[1] // mask.shape[1]
+        rgb = rgb[rows[:, None], cols[None, :]]
+    colors = class_colors(max(num_classes, int(mask.max()) + 1))
+    fg = (mask > 0)[..., None]
+    return np.where(fg, (1 - alpha) * rgb + alpha * colors[mask], rgb)
+
+
+def save_prediction_grid(
+    path: str | Path,
+    images: np.ndarray,
+    targets: np.ndarray,
+    preds: np.ndarray,
+    num_classes: int,
+    title: str = "",
+) -> Path:
+    """Write a PNG with one row per sample: image | ground truth overlay | prediction overlay.
+
+    Video inputs (``images [B, T, C, H, W]``) show every frame of the first clip as rows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, targets, preds = np.asarray(images), np.asarray(targets), np.asarray(preds)
+    if images.ndim == 5:  # first clip, one row per frame
+        images, targets, preds = images[0], targets[0], preds[0]
+    if targets.ndim == 4:  # static video: image [B, C, H, W] but masks [B, T, H, W]
+        targets, preds = targets[:, 0], preds[:, 0]
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + 0.4), squeeze=False)
+    for i in range(n):
+        panels = (to_display(images[i]), overlay(images[i], targets[i], num_classes), overlay(images[i], preds[i], num_classes))
+        for j, panel in enumerate(panels):
+            axes[i, j].imshow(panel, interpolation="nearest")
+            axes[i, j].axis("off")
+    for j, name in enumerate(("image", "ground truth", "prediction")):
+        axes[0, j].set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
