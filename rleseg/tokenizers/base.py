@@ -75,17 +75,17 @@ class VocabLayout:
     ranges: tuple[TokenRange, ...]
 
     def __post_init__(self) -> None:
-        spans = sorted(((r.lo, r.hi, r.name) for r in self.ranges if r.count > 0))
+        spans = sorted((r.lo, r.hi, r.name) for r in self.ranges if r.count > 0)
         for (lo_a, hi_a, a), (lo_b, _hi_b, b) in zip(spans, spans[1:], strict=False):
             if lo_b < hi_a:
                 raise TokenizerError(f"token ranges {a!r} [{lo_a}, {hi_a}) and {b!r} overlap at {lo_b}")
         if spans and spans[0][0] < NUM_SPECIAL:
-            raise TokenizerError(f"token range {spans[0][2]!r} overlaps the special tokens [0, {NUM_SPECIAL})")
+            raise TokenizerError(
+                f"token range {spans[0][2]!r} overlaps the special tokens [0, {NUM_SPECIAL})"
+            )
 
     @classmethod
-    def build(
-        cls, fields: list[tuple[str, int, int]], offsets: dict[str, int] | None = None
-    ) -> VocabLayout:
+    def build(cls, fields: list[tuple[str, int, int]], offsets: dict[str, int] | None = None) -> VocabLayout:
         """Lay out ``fields`` given as ``(name, count, value_min)``.
 
         >>> v = VocabLayout.build([("class", 2, 1), ("length", 4, 1), ("start", 16, 0)])
@@ -100,7 +100,9 @@ class VocabLayout:
         for name, count, value_min in fields:
             if offsets is not None:
                 if name not in offsets:
-                    raise TokenizerError(f"explicit offsets need an offset for field {name!r}; got {sorted(offsets)}")
+                    raise TokenizerError(
+                        f"explicit offsets need an offset for field {name!r}; got {sorted(offsets)}"
+                    )
                 lo = offsets[name] + 1
             else:
                 lo = nxt
@@ -123,7 +125,10 @@ class VocabLayout:
 
     def describe(self) -> str:
         rows = [f"special [0, {NUM_SPECIAL}): PAD={PAD} EOS={EOS} prompts={PROMPTS}"]
-        rows += [f"{r.name} [{r.lo}, {r.hi}) values {r.value_min}..{r.value_min + r.count - 1}" for r in self.ranges]
+        rows += [
+            f"{r.name} [{r.lo}, {r.hi}) values {r.value_min}..{r.value_min + r.count - 1}"
+            for r in self.ranges
+        ]
         return "\n".join(rows + [f"vocab_size {self.size}"])
 
 
