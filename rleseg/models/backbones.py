@@ -1,0 +1,354 @@
+"""timm backbones: any ``timm`` model name as a feature extractor, offline by default.
+
+Two entry points, both built on ``timm.create_model(..., features_only=True)``:
+
+* :func:`create_backbone` — ONE feature map at a requested reduction (the Pix2Seq encoder's input);
+* :func:`create_feature_pyramid` — every reduction up to a maximum (the dense baseline's FPN head).
+
+The stage is picked from the model's own ``feature_info`` (probed on the ``meta`` device, so no
+weights are built twice), and ``out_indices`` is set to it: timm then drops the deeper stages, so a
+stride-8 ResNet-18 carries 0.68 M parameters instead of 11 M.
+
+Weights: nothing is downloaded unless ``pretrained=True`` (which goes to the Hugging Face hub and fails
+on a machine without network). ``weights_path`` loads a local file instead: a plain state dict, a timm
+/ torchvision checkpoint, or a Lightning checkpoint of a whole rleseg model (the backbone's keys are
+found by prefix).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BackboneError",
+    "FeaturePyramid",
+    "TimmBackbone",
+    "WeightsReport",
+    "create_backbone",
+    "create_feature_pyramid",
+    "load_backbone_weights",
+]
+
+log = logging.getLogger(__name__)
+
+
+class BackboneError(ValueError):
+    """An unknown backbone name, an unavailable feature stride, or unusable weights."""
+
+
+@dataclass
+class WeightsReport:
+    """What :func:`load_backbone_weights` did with a weights file."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    prefix: str = ""
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: loaded {len(self.loaded)} tensors (prefix {self.prefix!r}), "
+            f"{len(self.adapted)} adapted to in_chans, {len(self.missing)} missing, "
+            f"{len(self.shape_mismatch)} with the wrong shape, {len(self.unexpected)} unused"
+            + (
+                f"; missing: {self.missing[:8]}{' ...' if len(self.missing) > 8 else ''}"
+                if self.missing
+                else ""
+            )
+        )
+
+
+def _check_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(name.split(".")[0], names, n=8, cutoff=0.6)
+    hint = f"; close matches: {close}" if close else ""
+    raise BackboneError(f"unknown timm backbone {name!r}{hint} (all names: timm.list_models())")
+
+
+def _feature_info(name: str, in_chans: int, kwargs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The full ``feature_info`` of ``name`` (every stage), without allocating weights."""
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, features_only=True, pretrained=False, in_chans=in_chans, **kwargs)
+    except Exception:  # a model that cannot be built on the meta device: build it for real once
+        probe = timm.create_model(name, features_only=True, pretrained=False, in_chans=in_chans, **kwargs)
+    return [dict(info, index=info.get("index", i)) for i, info in enumerate(probe.feature_info.info)]
+
+
+def _create_features(
+    name: str,
+    out_indices: tuple[int, ...],
+    *,
+    pretrained: bool,
+    weights_path: str | Path | None,
+    in_chans: int,
+    kwargs: Mapping[str, Any],
+) -> nn.Module:
+    if pretrained and weights_path is not None:
+        raise BackboneError("give either pretrained=True (download) or weights_path (local file), not both")
+    try:
+        model = timm.create_model(
+            name,
+            features_only=True,
+            out_indices=out_indices,
+            pretrained=pretrained,
+            in_chans=in_chans,
+            **kwargs,
+        )
+    except Exception as err:
+        if pretrained:
+            raise BackboneError(
+                f"could not fetch pretrained weights for {name!r} ({type(err).__name__}: {err}); without "
+                "network access, download them elsewhere and pass weights_path=..."
+            ) from err
+        raise
+    if weights_path is not None:
+        model.weights_report = load_backbone_weights(model, weights_path, in_chans=in_chans)
+    return model
+
+
+def _normalise(key: str) -> str:
+    # features_only models flatten nested module names ("stages.0" -> "stages_0"); comparing keys
+    # with every "." replaced by "_" matches the original model's keys to the feature model's.
+    return key.replace(".", "_")
+
+
+def _unwrap_state_dict(obj: Any, path: str) -> dict[str, Tensor]:
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema", "module"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping):
+        raise BackboneError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise BackboneError(f"{path} holds no tensors")
+    return tensors
+
+
+def load_backbone_weights(model: nn.Module, weights_path: str | Path, *, in_chans: int = 3) -> WeightsReport:
+    """Load a local weights file into a timm feature model, non-strictly, and report what happened.
+
+    Keys are matched after replacing ``.`` by ``_`` (feature models flatten module names) and after
+    stripping the prefix that matches most keys (``module.``, ``model.encoder.backbone.body.``, ...).
+    A first convolution whose input channels differ is adapted with timm's ``adapt_input_conv``
+    (e.g. RGB weights for 1-channel MRI); other shape mismatches are skipped and reported.
+
+    Args:
+        model: the feature model (``features_only=True``).
+        weights_path: a ``.pth``/``.pt``/``.ckpt``/``.safetensors`` file.
+        in_chans: the model's input channels.
+
+    Returns:
+        A :class:`WeightsReport`; it is also logged at INFO level (WARNING if keys are missing).
+
+    Raises:
+        BackboneError: if the file is unreadable or no key matches the model.
+    """
+    path = str(weights_path)
+    if not Path(path).is_file():
+        raise BackboneError(f"weights_path {path!r} is not a file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    own = model.state_dict()
+    own_norm = {_normalise(k): k for k in own}
+
+    # Pick the prefix whose removal matches the most keys ("" included): one pass over every split
+    # point of every key.
+    hits: dict[str, int] = {}
+    for key in state:
+        parts = key.split(".")
+        for i in range(len(parts)):
+            if _normalise(".".join(parts[i:])) in own_norm:
+                prefix = ".".join(parts[:i]) + ("." if i else "")
+                hits[prefix] = hits.get(prefix, 0) + 1
+    best, best_hits = max(hits.items(), key=lambda kv: (kv[1], -len(kv[0])), default=("", 0))
+    if best_hits <= 0:
+        raise BackboneError(
+            f"no tensor in {path} matches the backbone (first file keys: {list(state)[:5]}, "
+            f"first model keys: {list(own)[:5]})"
+        )
+
+    report = WeightsReport(path=path, prefix=best)
+    new_state: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith(best) or _normalise(key[len(best) :]) not in own_norm:
+            report.unexpected.append(key)
+            continue
+        target_key = own_norm[_normalise(key[len(best) :])]
+        target = own[target_key]
+        if value.shape != target.shape:
+            if (
+                value.ndim == 4
+                and value.shape[0] == target.shape[0]
+                and value.shape[2:] == target.shape[2:]
+                and target.shape[1] == in_chans
+            ):
+                from timm.models import adapt_input_conv
+
+                value = adapt_input_conv(in_chans, value)
+                report.adapted.append(target_key)
+            else:
+                report.shape_mismatch.append(
+                    f"{target_key}: file {tuple(value.shape)} vs model {tuple(target.shape)}"
+                )
+                continue
+        new_state[target_key] = value.to(target.dtype)
+        report.loaded.append(target_key)
+    report.missing = [k for k in own if k not in new_state]
+    model.load_state_dict(new_state, strict=False)
+    (log.warning if report.missing or report.shape_mismatch else log.info)(
+        "backbone weights %s", report.summary()
+    )
+    return report
+
+
+class TimmBackbone(nn.Module):
+    """A timm feature model that returns ONE feature map ``[B, out_channels, H/stride, W/stride]``.
+
+    Attributes:
+        name: the timm model name.
+        out_channels: channels of the feature map.
+        stride: its reduction relative to the input.
+        body: the underlying ``features_only`` timm model.
+    """
+
+    def __init__(self, name: str, body: nn.Module, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.out_channels = out_channels
+        self.stride = stride
+
+    @property
+    def weights_report(self) -> WeightsReport | None:
+        return getattr(self.body, "weights_report", None)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.body(images)[-1]
+
+
+class FeaturePyramid(nn.Module):
+    """A timm feature model that returns a list of maps, shallowest first (``strides`` ascending)."""
+
+    def __init__(self, name: str, body: nn.Module, out_channels: list[int], strides: list[int]) -> None:
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.out_channels = out_channels
+        self.strides = strides
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return list(self.body(images))
+
+
+def _strides_error(name: str, infos: list[dict[str, Any]], what: str) -> BackboneError:
+    available = sorted({int(i["reduction"]) for i in infos})
+    return BackboneError(f"backbone {name!r} has feature maps at reductions {available}; {what}")
+
+
+def create_backbone(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    in_chans: int = 3,
+    feature_stride: int = 16,
+    **kwargs: Any,
+) -> TimmBackbone:
+    """Any timm model as a single-feature-map extractor at reduction ``feature_stride``.
+
+    Of the stages at that reduction the deepest is taken (a ViT has all its blocks at 16).
+
+    Args:
+        name: a timm model name (``timm.list_models()``), optionally with a pretrained tag.
+        pretrained: download timm's pretrained weights (needs network; off by default).
+        weights_path: a local weights file to load instead (see :func:`load_backbone_weights`).
+        in_chans: input channels (1 for grey-scale, 3 for RGB).
+        feature_stride: the reduction of the returned map (e.g. 8, 16, 32).
+        **kwargs: passed to ``timm.create_model`` (e.g. ``channels=(32, 64, 128, 256)`` for a timm
+            ResNet with reduced widths, ``drop_path_rate``).
+
+    Returns:
+        A :class:`TimmBackbone` with ``.out_channels`` and ``.stride``.
+
+    Raises:
+        BackboneError: unknown name (with close matches) or a stride the model does not have (with
+            the ones it has).
+
+    >>> bb = create_backbone("resnet18", feature_stride=8)
+    >>> bb.out_channels, bb.stride, tuple(bb(torch.zeros(1, 3, 64, 64)).shape)
+    (128, 8, (1, 128, 8, 8))
+    """
+    _check_name(name)
+    infos = _feature_info(name, in_chans, kwargs)
+    matching = [i for i in infos if int(i["reduction"]) == feature_stride]
+    if not matching:
+        raise _strides_error(name, infos, f"feature_stride={feature_stride} is not one of them")
+    info = matching[-1]
+    body = _create_features(
+        name,
+        (int(info["index"]),),
+        pretrained=pretrained,
+        weights_path=weights_path,
+        in_chans=in_chans,
+        kwargs=kwargs,
+    )
+    return TimmBackbone(
+        name, body, int(body.feature_info.channels()[-1]), int(body.feature_info.reduction()[-1])
+    )
+
+
+def create_feature_pyramid(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    in_chans: int = 3,
+    max_stride: int = 8,
+    **kwargs: Any,
+) -> FeaturePyramid:
+    """The deepest stage of every reduction up to ``max_stride``, shallowest first.
+
+    Args: as :func:`create_backbone`, with ``max_stride`` the deepest reduction to return.
+
+    >>> fp = create_feature_pyramid("resnet18", max_stride=8)
+    >>> fp.strides, fp.out_channels
+    ([2, 4, 8], [64, 64, 128])
+    """
+    _check_name(name)
+    infos = _feature_info(name, in_chans, kwargs)
+    if not any(int(i["reduction"]) == max_stride for i in infos):
+        raise _strides_error(name, infos, f"max_stride={max_stride} is not one of them")
+    deepest: dict[int, dict[str, Any]] = {}
+    for info in infos:
+        if int(info["reduction"]) <= max_stride:
+            deepest[int(info["reduction"])] = info  # later stages of the same reduction win
+    out_indices = tuple(int(deepest[r]["index"]) for r in sorted(deepest))
+    body = _create_features(
+        name, out_indices, pretrained=pretrained, weights_path=weights_path, in_chans=in_chans, kwargs=kwargs
+    )
+    return FeaturePyramid(
+        name,
+        body,
+        [int(c) for c in body.feature_info.channels()],
+        [int(r) for r in body.feature_info.reduction()],
+    )
