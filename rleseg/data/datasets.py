@@ -1,0 +1,264 @@
+"""Torch datasets behind the DataModules: windows, patches, augmentation and tokenization per sample.
+
+Everything random about a sample (patch jitter, augmentation) is drawn from a generator seeded by
+``(seed, sample index, draw)``, where ``draw`` counts the epochs (see :class:`EpochSampler`). A sample is
+therefore identical in any worker process and for any number of workers, and differs from epoch to epoch.
+Tokenization happens here, in the workers (``tokenizer.encode_sequence``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, default_collate
+
+from rleseg.data.errors import DataError
+from rleseg.data.patches import cut_patches, jitter_origin, patch_origins
+from rleseg.data.sources.base import SourceSplit
+from rleseg.data.sources.folder import IMAGE_EXTENSIONS, list_images, read_image
+from rleseg.data.transforms import Augmenter, normalize, resize_clip
+
+__all__ = ["EpochSampler", "PredictDataset", "SegDataset", "collate", "window_starts"]
+
+
+def window_starts(num_frames: int, frames: int, stride: int, cover_end: bool) -> list[int]:
+    """Start frames of windows of ``frames`` frames, ``stride`` apart, within a sequence.
+
+    With ``cover_end`` one more window ends flush with the sequence so that every frame is in a window.
+
+    >>> window_starts(10, 4, 4, cover_end=True), window_starts(10, 4, 4, cover_end=False)
+    ([0, 4, 6], [0, 4])
+    """
+    if num_frames < frames:
+        return []
+    starts = list(range(0, num_frames - frames + 1, stride))
+    if cover_end and starts[-1] != num_frames - frames:
+        starts.append(num_frames - frames)
+    return starts
+
+
+@dataclass(frozen=True)
+class _Item:
+    sequence: int
+    start: int
+    origin: tuple[int, int] | None  # training patch (before jitter); None = whole frame
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles ``0..n-1`` with a permutation seeded by (seed, epoch) and yields ``epoch * n + index``.
+
+    The dataset reads ``index = key % n`` and ``draw = key // n``: randomness then depends on the sample
+    and the epoch only, never on the worker that loads it. Each ``iter()`` is one epoch.
+
+    >>> s = EpochSampler(3, seed=0)
+    >>> sorted(k % 3 for k in s), min(iter(s)) >= 3
+    ([0, 1, 2], True)
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), bool(shuffle), 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = (
+            np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            if self.shuffle
+            else np.arange(self.n)
+        )
+        return iter((epoch * self.n + order).tolist())
+
+
+class SegDataset(Dataset):
+    """Samples of one split: windows of ``frames`` frames, optional resize, patches and augmentation, tokens.
+
+    Args:
+        split: the source split (sequences of frames).
+        tokenizer: the model-input tokenizer (shape = patch or image size; video: with T).
+        labels: ``"semantic"`` or ``"panoptic"`` label maps.
+        frames: T (0 for an image dataset: no time axis in the outputs).
+        stride: window stride in frames (video).
+        train: random patches and augmentation; else whole frames, no augmentation.
+        image_size: resize every frame to (h, w) first; None keeps the source size.
+        patch_size, patch_stride, patch_jitter: patches (None = whole frames). Training yields one random
+            patch per item (grid position plus jitter); evaluation yields whole frames plus the tokens of
+            every grid patch (``patch_tokens`` etc.), the model input being stitched back by the module.
+        augmenter: joint augmentation (training only).
+        seed: base seed of all per-sample randomness.
+        limit: keep the first ``limit`` items.
+        full_tokenizer: ``shape -> tokenizer`` for the whole-frame token mask in patched evaluation.
+    """
+
+    def __init__(
+        self,
+        split: SourceSplit,
+        tokenizer: Any,
+        *,
+        labels: str = "semantic",
+        frames: int = 0,
+        stride: int = 1,
+        train: bool = False,
+        image_size: tuple[int, int] | None = None,
+        patch_size: tuple[int, int] | None = None,
+        patch_stride: tuple[int, int] | None = None,
+        patch_jitter: int = 0,
+        augmenter: Augmenter | None = None,
+        seed: int = 0,
+        limit: int | None = None,
+        full_tokenizer: Callable[[tuple[int, ...]], Any] | None = None,
+    ) -> None:
+        self.split, self.tokenizer, self.labels = split, tokenizer, labels
+        self.frames, self.train, self.image_size, self.seed = frames, train, image_size, int(seed)
+        self.patch_size, self.patch_stride, self.patch_jitter = patch_size, patch_stride, int(patch_jitter)
+        self.augmenter = augmenter if train and augmenter else None
+        self.full_tokenizer = full_tokenizer
+        T = max(frames, 1)
+        items: list[_Item] = []
+        too_short = 0
+        for i in range(len(split)):
+            starts = window_starts(split.num_frames(i), T, stride, cover_end=not train)
+            too_short += not starts
+            shape = self.image_size or split.frame_shape(i)
+            origins = (
+                [tuple(o) for o in patch_origins(shape, patch_size, patch_stride).tolist()]
+                if train and patch_size is not None
+                else [None]
+            )
+            items += [_Item(i, s, o) for s in starts for o in origins]
+            if limit is not None and len(items) >= limit:
+                break
+        if not items:
+            raise DataError(
+                f"no samples: {len(split)} sequence(s), {too_short} shorter than frames={T}"
+                if too_short
+                else f"no samples in a split of {len(split)} sequence(s)"
+            )
+        self.items = items[:limit] if limit is not None else items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        index, draw = int(key) % len(self.items), int(key) // len(self.items)
+        item = self.items[index]
+        rng = np.random.default_rng([self.seed, index, draw])
+        T = max(self.frames, 1)
+        clip = self.split.load(item.sequence, item.start, item.start + T)
+        labels = clip.panoptic if self.labels == "panoptic" else clip.semantic
+        if labels is None:
+            raise DataError(
+                f"{clip.name}: this source has no instance labels; the panoptic DataModule needs them"
+            )
+        image = clip.image
+        if self.image_size is not None:
+            image, labels = resize_clip(image, labels, self.image_size)
+        if item.origin is not None:
+            y, x = jitter_origin(item.origin, self.patch_jitter, image.shape[1:3], self.patch_size, rng)
+            h, w = self.patch_size
+            image, labels = image[:, y : y + h, x : x + w], labels[:, y : y + h, x : x + w]
+        if self.augmenter is not None:
+            image, labels = self.augmenter(image, labels, seed=int(rng.integers(2**31)))
+        if self.frames == 0:  # image datasets carry no time axis
+            image, labels = image[0], labels[0]
+        out: dict[str, Any] = {"image": torch.from_numpy(normalize(image)), "index": torch.tensor(index)}
+        out["mask"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        try:
+            if self.patch_size is not None and not self.train:
+                out.update(self._patched_targets(labels))
+            else:
+                seq, truncated, num_runs = self.tokenizer.encode_sequence(labels)
+                out["tokens"] = torch.from_numpy(np.asarray(seq, dtype=np.int64))
+                out["truncated"] = torch.tensor(bool(truncated))
+                out["num_runs"] = torch.tensor(int(num_runs), dtype=torch.int64)
+                out["token_mask"] = torch.from_numpy(
+                    np.asarray(self.tokenizer.subsample(labels), dtype=np.int64)
+                )
+        except ValueError as err:  # TokenizerError: unknown class id, wrong shape, ...
+            raise DataError(f"{clip.name}: cannot tokenize its mask: {err}") from err
+        if self.frames:
+            out["clip"] = torch.tensor(item.sequence, dtype=torch.int64)
+            out["frame_ids"] = torch.arange(item.start, item.start + T, dtype=torch.int64)
+        return out
+
+    def _patched_targets(self, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        """Whole-frame token mask plus the token sequences of every grid patch (evaluation with patches)."""
+        patches, origins = cut_patches(labels, self.patch_size, self.patch_stride)
+        encoded = [self.tokenizer.encode_sequence(p) for p in patches]
+        full = self.full_tokenizer(labels.shape) if self.full_tokenizer else None
+        token_mask = full.subsample(labels) if full is not None else labels
+        return {
+            "token_mask": torch.from_numpy(np.asarray(token_mask, dtype=np.int64)),
+            "patch_tokens": torch.from_numpy(np.stack([np.asarray(e[0], dtype=np.int64) for e in encoded])),
+            "patch_truncated": torch.tensor([bool(e[1]) for e in encoded]),
+            "patch_num_runs": torch.tensor([int(e[2]) for e in encoded], dtype=torch.int64),
+            "patch_origins": torch.from_numpy(origins),
+        }
+
+
+class PredictDataset(Dataset):
+    """Images (or, with ``frames``, clips as subfolders of frames) from a folder; no masks.
+
+    Items carry ``image``, ``index`` and ``path`` (the image file, or the clip's first frame of the window).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        frames: int = 0,
+        stride: int | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.root, self.frames, self.image_size = Path(root), frames, image_size
+        if not self.root.is_dir():
+            raise DataError(f"predict_path {self.root} is not a folder")
+        self.items: list[list[Path]] = []
+        if frames:
+            for clip in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                files = list_images(clip)
+                for s in window_starts(len(files), frames, stride or frames, cover_end=True):
+                    self.items.append(files[s : s + frames])
+        else:
+            self.items = [[p] for p in list_images(self.root)]
+        if not self.items:
+            what = (
+                f"clips of >= {frames} frames (subfolders)"
+                if frames
+                else f"images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+            raise DataError(f"predict_path {self.root} holds no {what}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        files = self.items[index]
+        image = np.stack([read_image(p) for p in files])
+        if len({f.shape for f in image}) > 1:
+            raise DataError(f"frames of {files[0].parent} differ in size")
+        if self.image_size is not None:
+            image, _ = resize_clip(image, np.zeros(image.shape[:3], np.int32), self.image_size)
+        if not self.frames:
+            image = image[0]
+        return {
+            "image": torch.from_numpy(normalize(image)),
+            "index": torch.tensor(index),
+            "path": str(files[0]),
+        }
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` with a readable error when samples of one batch differ in size."""
+    shapes = {tuple(b["image"].shape) for b in batch}
+    if len(shapes) > 1:
+        raise DataError(
+            f"samples of one batch differ in size {sorted(shapes)}; set image_size (resize) or batch_size 1"
+        )
+    return default_collate(list(batch))
