@@ -90,7 +90,7 @@ class VocabLayout:
 
         >>> v = VocabLayout.build([("class", 2, 1), ("length", 4, 1), ("start", 16, 0)])
         >>> v["start"].lo, v.size
-        (15, 31)
+        (12, 28)
         >>> v = VocabLayout.build([("class", 2, 1), ("length", 4, 1), ("start", 16, 0)],
         ...                       offsets={"class": 100, "length": 200, "start": 1000})
         >>> int(v["start"].to_tokens(np.array(1))), v.size
@@ -268,8 +268,11 @@ class Tokenizer(ABC):
         """``(sequence, truncated, num_runs)``: the model sequence of one mask, truncated by policy."""
 
     def encode_batch(self, masks: list[np.ndarray] | np.ndarray) -> EncodedBatch:
+        """Sequences of ``masks`` stacked; without ``max_seq_len`` they are padded to the longest."""
         seqs, flags, runs = zip(*(self.encode_sequence(m) for m in masks), strict=True)
-        tokens = np.stack(seqs)
+        tokens = np.full((len(seqs), max(s.size for s in seqs)), PAD, dtype=np.int64)
+        for row, seq in zip(tokens, seqs, strict=True):
+            row[: seq.size] = seq
         return EncodedBatch(
             tokens=tokens,
             lengths=(tokens != PAD).sum(axis=1).astype(np.int64),

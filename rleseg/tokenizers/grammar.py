@@ -19,9 +19,10 @@ walk the machine token by token. ``strict=True`` raises :class:`TokenizerError` 
 >>> from rleseg.tokenizers.base import VocabLayout, PROMPTS, EOS
 >>> v = VocabLayout.build([("length", 4, 1), ("start", 16, 0)])
 >>> p = GrammarParser(cycle_grammar(v, PROMPTS["image"], ["start", "length"]))
->>> r = p.parse(np.array([PROMPTS["image"], 13, 2, 14, 3, 3, EOS]))
+>>> # start 3, length 2 | start 4, then a start where a length belongs | start 5, length 3
+>>> r = p.parse(np.array([PROMPTS["image"], 13, 7, 14, 15, 8, EOS]))
 >>> r.tokens.tolist(), r.records, r.runs_dropped, r.tokens_dropped
-([13, 2], 1, 1, 3)
+([13, 7, 15, 8], 2, 1, 1)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Grammar, TokenizerError, Transition, VocabLayout
 
-_PROMPT_IDS = np.array(sorted(PROMPTS.values()), dtype=np.int64)
+_PROMPT_IDS = frozenset(PROMPTS.values())
 
 
 def build_grammar(
@@ -143,14 +144,15 @@ class GrammarParser:
             t = t.astype(np.int64)
         t = t.reshape(-1).astype(np.int64, copy=False)
         begin = 0
-        if t.size and np.isin(t[0], _PROMPT_IDS):
+        if t.size and int(t[0]) in _PROMPT_IDS:
             if strict and t[0] != self.grammar.prompt:
                 raise TokenizerError(
                     f"sequence starts with prompt {int(t[0])}; this tokenizer's is {self.grammar.prompt}"
                 )
             begin = 1
         body = t[begin:]
-        stop = np.flatnonzero((body == EOS) | (body == PAD))
+        # PAD = 0 and EOS = 1: as unsigned, negative garbage ids become huge and are not mistaken for them
+        stop = np.flatnonzero(body.view(np.uint64) <= max(PAD, EOS))
         if stop.size == 0:
             return body, begin, False, 0
         end = int(stop[0])

@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -30,6 +31,7 @@ from rleseg.tokenizers.base import (
     Grammar,
     Tokenizer,
     TokenizerError,
+    TokenRange,
     VocabLayout,
 )
 from rleseg.tokenizers.grammar import GrammarParser, Parsed, build_grammar, cycle_grammar
@@ -278,20 +280,24 @@ class FlatRunTokenizer(RunTokenizer):
         """Foreground labels of the token mask (N − 1; TAC: N^T − 1)."""
         return self.num_classes - 1
 
-    @property
+    @functools.cached_property
     def _start_names(self) -> tuple[str, ...]:
         if not self.two_d:
             return ("start",)
         return ("coord", "coord") if self.shared_coords else ("row", "col")
 
-    @property
+    @functools.cached_property
     def run_fields(self) -> tuple[str, ...]:
         payload = {"binary": ("length",), "mc": ("length", "class"), "lac": ("lac",)}[self.payload]
         return self._start_names + payload
 
-    @property
+    @functools.cached_property
     def tokens_per_run(self) -> int:  # type: ignore[override]
         return len(self.run_fields)
+
+    @functools.cached_property
+    def _run_ranges(self) -> list[TokenRange]:
+        return [self.vocab[name] for name in self.run_fields]
 
     def _fields(self) -> list[Field]:
         m = self.max_run
@@ -325,13 +331,13 @@ class FlatRunTokenizer(RunTokenizer):
             if self.payload == "mc":
                 cols.append(runs.values)
         out = np.empty((len(runs), len(cols)), dtype=np.int64)
-        for j, (name, values) in enumerate(zip(self.run_fields, cols, strict=True)):
-            out[:, j] = self.vocab[name].to_tokens(values)
+        for j, (token_range, values) in enumerate(zip(self._run_ranges, cols, strict=True)):
+            out[:, j] = token_range.to_tokens(values)
         return out.ravel()
 
     def _runs_from_parsed(self, parsed: Parsed) -> tuple[Runs, np.ndarray, int]:
         block = parsed.tokens.reshape(-1, self.tokens_per_run)
-        cols = [self.vocab[name].to_values(block[:, j]) for j, name in enumerate(self.run_fields)]
+        cols = [token_range.to_values(block[:, j]) for j, token_range in enumerate(self._run_ranges)]
         in_range = np.ones(block.shape[0], dtype=bool)
         if self.two_d:
             row, col = cols[0], cols[1]

@@ -25,15 +25,19 @@ _REGISTRY: dict[str, type[Tokenizer]] = {}
 def register_tokenizer(name: str | None = None) -> Callable[[T], T]:
     """Class decorator adding a :class:`Tokenizer` subclass to the registry under ``name``.
 
-    The name defaults to the class attribute ``name``; registering a name twice is an error.
+    The name defaults to the class attribute ``name``; registering a name twice is an error (re-running
+    the same class definition, as a module reload does, replaces it).
     """
 
     def wrap(cls: T) -> T:
         key = name or cls.name
         if not key:
             raise TokenizerError(f"{cls.__name__} needs a registry name")
-        if key in _REGISTRY and _REGISTRY[key] is not cls:
-            raise TokenizerError(f"tokenizer {key!r} is already registered by {_REGISTRY[key].__name__}")
+        old = _REGISTRY.get(key)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TokenizerError(
+                f"tokenizer {key!r} is already registered by {old.__module__}.{old.__qualname__}"
+            )
         cls.name = key
         _REGISTRY[key] = cls
         return cls

@@ -14,6 +14,8 @@ True
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +29,7 @@ SubsampleMethod = Literal["nearest", "any"]
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
+@functools.cache
 def label_dtype(max_label: int) -> np.dtype:
     """The smallest dtype that holds labels ``0..max_label`` (uint8 for the usual few classes)."""
     for dt in (np.uint8, np.uint16, np.int32):
@@ -162,15 +165,15 @@ class MaskGeometry:
         if self.order not in ("row", "col"):
             raise TokenizerError(f"order must be 'row' or 'col'; got {self.order!r}")
 
-    @property
+    @functools.cached_property
     def token_shape(self) -> tuple[int, ...]:
         return (*self.shape[:-2], self.shape[-2] // self.factor, self.shape[-1] // self.factor)
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
-        return int(np.prod(self.token_shape))
+        return math.prod(self.token_shape)
 
-    @property
+    @functools.cached_property
     def line(self) -> int:
         """Pixels per line of the flattening (W in row order, H in column order)."""
         h, w = self.token_shape[-2:]
