@@ -116,9 +116,24 @@ def _create_features(
                 "network access, download them elsewhere and pass weights_path=..."
             ) from err
         raise
+    _drop_unused_stages(model)
     if weights_path is not None:
         model.weights_report = load_backbone_weights(model, weights_path, in_chans=in_chans)
     return model
+
+
+def _drop_unused_stages(model: nn.Module) -> None:
+    """Cut the stages after the last requested one where timm keeps them (EfficientNet, MobileNetV3).
+
+    ``FeatureListNet`` prunes deeper stages itself, but ``EfficientNetFeatures`` /
+    ``MobileNetV3Features`` run every block and only collect the requested outputs: the deeper blocks
+    would cost compute and hold parameters without gradients (which DDP rejects).
+    """
+    stage_out = getattr(model, "_stage_out_idx", None)
+    blocks = getattr(model, "blocks", None)
+    if stage_out and isinstance(blocks, nn.Sequential) and getattr(model, "feature_hooks", None) is None:
+        # block i produces stage i + 1 (stage 0 is the stem)
+        model.blocks = blocks[: max(stage_out)]
 
 
 def _normalise(key: str) -> str:
