@@ -217,8 +217,9 @@ class _SegDataModule(LightningDataModule):
             )
         options = accepted_options(cls)
         cfg: dict[str, Any] = {"num_classes": self.num_classes, "max_seq_len": self.max_seq_len}
-        for key, value in (("thing_classes", self.thing_classes), ("label_divisor", LABEL_DIVISOR)):
-            if key in options:
+        stuff = [c for c in range(1, self.num_classes) if c not in set(self.thing_classes)]
+        for key, value in (("stuff_classes", stuff), ("thing_classes", self.thing_classes)):
+            if key in options:  # the panoptic scheme needs to know which classes have instances
                 cfg[key] = value
         if self.static:
             if "static" not in options:
