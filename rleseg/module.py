@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats
+from rleseg.data.patches import cut_patches, stitch_patches
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
+from rleseg.tokenizers.runs import upsample
 
 
 @dataclass
@@ -56,17 +58,6 @@ class DataInfo:
             in_chans=int(getattr(dm, "in_chans", 3)),
             label_divisor=int(getattr(dm, "label_divisor", 1000)),
         )
-
-
-def upsample_nearest(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour resize of an integer mask (last two axes) to ``shape[-2:]``."""
-    h, w = mask.shape[-2:]
-    out_h, out_w = shape[-2:]
-    if (h, w) == (out_h, out_w):
-        return mask
-    rows = (np.arange(out_h) * h // out_h).astype(np.intp)
-    cols = (np.arange(out_w) * w // out_w).astype(np.intp)
-    return mask[..., rows[:, None], cols[None, :]]
 
 
 class SegModuleBase(LightningModule):
@@ -150,7 +141,7 @@ class SegModuleBase(LightningModule):
                 tok_pred, tok_target = tok_pred // self.info.label_divisor, tok_target // self.info.label_divisor
             getattr(self, f"{stage}_token_metrics").update(tok_pred, tok_target)
             # The encoding's own ceiling: ground-truth tokens decoded and upsampled back.
-            ceiling = torch.from_numpy(upsample_nearest(tok_target.cpu().numpy(), tuple(target.shape)))
+            ceiling = torch.from_numpy(upsample(tok_target.cpu().numpy(), tuple(target.shape)))
             getattr(self, f"{stage}_ceiling").update(ceiling.to(target.device), semantic_target)
         if stage == "val" and batch_idx == 0 and self.global_rank == 0:
             self._vis = {
@@ -187,7 +178,7 @@ class SegModuleBase(LightningModule):
             pq = getattr(self, f"{stage}_pq")
             if pq.update_called:
                 for key, v in pq.compute().items():
-                    self.log(f"{stage}/{key}", v)
+                    self.log(f"{stage}/{key}", v.float())
                 pq.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -394,48 +385,82 @@ class RLESegModule(SegModuleBase):
         cached = self._cached_prediction
         return cached if cached is not None else self._generate_masks(batch)
 
+    def _patch_origins(self, batch: dict[str, Any]) -> np.ndarray | None:
+        """Grid-patch origins when the DataModule evaluates whole images patch by patch, else None."""
+        if "patch_origins" in batch:
+            return batch["patch_origins"][0].cpu().numpy()
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        size = getattr(dm, "patch_size", None)
+        if size is None or tuple(batch["image"].shape[-2:]) == tuple(size):
+            return None
+        return cut_patches(batch["image"][0], size, dm.patch_stride)[1]
+
+    def _model_inputs(self, batch: dict[str, Any], origins: np.ndarray | None) -> torch.Tensor:
+        if origins is None:
+            return batch["image"]
+        size = self.info.input_size
+        patches, _ = cut_patches(batch["image"], size, batch_dims=1, origins=origins)
+        return patches.flatten(0, 1)  # [B * P, (T,) C, h, w]
+
     def _generate_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
-        out = self.generate(batch["image"])
+        origins = self._patch_origins(batch)
+        out = self.generate(self._model_inputs(batch, origins))
         tokens = out.tokens.cpu().numpy()
-        probs = out.probs.float().cpu().numpy() if getattr(out, "probs", None) is not None else None
+        probs = out.probs.float().cpu().numpy() if self.info.task == "panoptic" else None
         results = self._decode(tokens, probs)
-        seconds = (time.perf_counter() - start) / max(1, len(results))
         token_masks = np.stack([r.mask for r in results]).astype(np.int64)
-        label_shape = tuple(batch["mask"].shape[1:]) if "mask" in batch else tuple(batch["image"].shape[-2:])
-        masks = upsample_nearest(token_masks, label_shape)
+        if "mask" in batch:
+            label_shape = tuple(batch["mask"].shape[1:])
+        else:  # predict: no labels; video inputs are [B, T, C, H, W]
+            lead = tuple(batch["image"].shape[1:2]) if self.info.task != "image" and batch["image"].ndim == 5 else ()
+            label_shape = (*lead, *batch["image"].shape[-2:])
+        if origins is not None:
+            s = int(getattr(self.tokenizer, "subsample_factor", 1))
+            token_masks = token_masks.reshape(len(batch["image"]), len(origins), *token_masks.shape[1:])
+            full = (*label_shape[:-2], label_shape[-2] // s, label_shape[-1] // s)
+            token_masks = stitch_patches(token_masks, origins, full, batch_dims=1, scale=s)
+        seconds = time.perf_counter() - start
+        masks = upsample(token_masks, label_shape)
         device = batch["image"].device
         return {
             "mask": torch.from_numpy(np.ascontiguousarray(masks)).to(device),
-            "token_mask": torch.from_numpy(token_masks).to(device),
+            "token_mask": torch.from_numpy(np.ascontiguousarray(token_masks)).to(device),
             "results": results,
             "tokens": tokens,
-            "seconds_per_image": seconds,
+            "seconds": seconds,
         }
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
-        loss = self._loss(batch)
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch["tokens"].shape[0])
         out = self._generate_masks(batch)
+        if "patch_tokens" in batch:
+            origins = batch["patch_origins"][0].cpu().numpy()
+            images = self._model_inputs(batch, origins)
+            tokens, truncated = batch["patch_tokens"].flatten(0, 1), batch["patch_truncated"].flatten()
+        else:
+            images, tokens, truncated = batch["image"], batch["tokens"], batch["truncated"]
+        loss = self._loss({"image": images, "tokens": tokens})
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=tokens.shape[0])
         getattr(self, f"{stage}_seq").update(
-            [r.runs_total for r in out["results"]],
-            [r.runs_dropped for r in out["results"]],
-            [int((row != PAD).sum()) - 1 for row in out["tokens"]],
-            out["seconds_per_image"],
-            batch["truncated"],
-            [int(n) for n in (batch["tokens"] != PAD).sum(dim=1) - 1],
+            torch.as_tensor([int((row != PAD).sum()) - 1 - int((row == EOS).any()) for row in out["tokens"]]),
+            runs_total=sum(r.runs_total for r in out["results"]),
+            runs_dropped=sum(r.runs_dropped for r in out["results"]),
+            decode_seconds=out["seconds"],
+            truncated=truncated,
         )
-        # Reuse the base class's metric updates with the prediction already made.
+        # The base class scores the prediction already made (see predict_masks).
         self._cached_prediction = out
-        super()._eval_step(batch, batch_idx, stage)
-        self._cached_prediction = None
+        try:
+            super()._eval_step(batch, batch_idx, stage)
+        finally:
+            self._cached_prediction = None
 
     def _log_metrics(self, stage: str) -> None:
         super()._log_metrics(stage)
         seq = getattr(self, f"{stage}_seq")
         if seq.update_called:
             for key, v in seq.compute().items():
-                self.log(f"{stage}/{key}", v)
+                self.log(f"{stage}/{key}", v.float())
             seq.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
