@@ -173,9 +173,9 @@ def _prepare(args: argparse.Namespace) -> int:
     names = list(BUILTIN) if args.names == ["all"] else args.names
     status = 0
     for name in names:
-        src = _source(name, args)
         start = time.perf_counter()
         try:
+            src = _source(name, args)
             src.prepare()
         except ValueError as err:
             if len(names) == 1:

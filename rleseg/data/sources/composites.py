@@ -149,6 +149,7 @@ class CompositeScenes(Source):
         raw_dir: folder with the four Fashion-MNIST ``*-ubyte.gz`` files; default: search
             ``<data_dir>/fashion-mnist`` then the Debian path.
 
+    >>> from rleseg.data.sources import create_source
     >>> src = create_source("composites", num_train=10)
     >>> src.num_classes, src.frame_shape
     (4, (64, 64))
