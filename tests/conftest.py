@@ -93,7 +93,9 @@ def write_png_folder(
     (root / "masks").mkdir(parents=True, exist_ok=True)
     names = ["background"] + [f"class{c}" for c in range(1, num_classes)]
     things = "[class1]" if panoptic else "[]"
-    (root / "classes.yaml").write_text(f"classes: [{', '.join(names)}]\nthings: {things}\npanoptic: {str(panoptic).lower()}\n")
+    (root / "classes.yaml").write_text(
+        f"classes: [{', '.join(names)}]\nthings: {things}\npanoptic: {str(panoptic).lower()}\n"
+    )
 
     def sample(shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
         h, w = size
@@ -117,7 +119,12 @@ def write_png_folder(
             (root / "masks" / f"clip{c}").mkdir(exist_ok=True)
             for t in range(frames):
                 image, mask = sample(shift=t)
-                save(image, mask, root / "images" / f"clip{c}" / f"{t:04d}.png", root / "masks" / f"clip{c}" / f"{t:04d}.png")
+                save(
+                    image,
+                    mask,
+                    root / "images" / f"clip{c}" / f"{t:04d}.png",
+                    root / "masks" / f"clip{c}" / f"{t:04d}.png",
+                )
     else:
         for i in range(n):
             image, mask = sample()

@@ -29,7 +29,9 @@ def test_split_folders_and_panoptic_masks(data_png_folder: Callable[..., Path]) 
     base = data_png_folder(n=1)
     for split in ("train", "val"):
         data_png_folder(n=3, panoptic=True).rename(base / split)
-    (base / "classes.yaml").write_text("classes: [background, cell, debris]\nthings: [cell]\npanoptic: true\n")
+    (base / "classes.yaml").write_text(
+        "classes: [background, cell, debris]\nthings: [cell]\npanoptic: true\n"
+    )
     src = create_source("folder", root=str(base))
     assert src.thing_classes == [1] and src.panoptic
     clip = src.split("val").load(0)
@@ -98,7 +100,9 @@ def test_bad_sample_raises_naming_the_file(data_png_folder: Callable[..., Path],
 
 
 @pytest.mark.parametrize("case", ["truncated image", "unknown class"])
-def test_bad_sample_raises_at_load_time_without_validation(data_png_folder: Callable[..., Path], case: str) -> None:
+def test_bad_sample_raises_at_load_time_without_validation(
+    data_png_folder: Callable[..., Path], case: str
+) -> None:
     root = data_png_folder(n=4)
     path = _bad(root, case)
     split = create_source("folder", root=str(root), val_fraction=0.0, validate=False).split("train")

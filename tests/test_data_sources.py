@@ -75,7 +75,13 @@ def test_missing_fashion_mnist_names_the_install_command(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def composites(data_fashion_dir: Path):
     return create_source(
-        "composites", data_dir=str(data_fashion_dir), canvas=48, num_train=20, num_val=8, num_test=4, clip_len=6
+        "composites",
+        data_dir=str(data_fashion_dir),
+        canvas=48,
+        num_train=20,
+        num_val=8,
+        num_test=4,
+        clip_len=6,
     )
 
 
@@ -96,7 +102,11 @@ def test_composite_labels_are_exact_and_instances_persist(composites) -> None:
 def test_composites_are_deterministic_from_the_seed(composites, data_fashion_dir: Path) -> None:
     a = composites.split("val").load(1)
     b = create_source("composites", data_dir=str(data_fashion_dir), canvas=48, num_val=8).split("val").load(1)
-    c = create_source("composites", data_dir=str(data_fashion_dir), canvas=48, num_val=8, seed=1).split("val").load(1)
+    c = (
+        create_source("composites", data_dir=str(data_fashion_dir), canvas=48, num_val=8, seed=1)
+        .split("val")
+        .load(1)
+    )
     assert (a.image == b.image).all() and (a.panoptic == b.panoptic).all()
     assert not (a.image == c.image).all()
 
@@ -108,13 +118,19 @@ def test_validation_objects_come_from_t10k_only(composites) -> None:
 
 
 def test_composite_presets_and_stuff_labels(data_fashion_dir: Path) -> None:
-    src = create_source("composites", data_dir=str(data_fashion_dir), preset="fashion10", stuff_labels=True, canvas=32)
+    src = create_source(
+        "composites", data_dir=str(data_fashion_dir), preset="fashion10", stuff_labels=True, canvas=32
+    )
     assert src.num_classes == 14 and src.thing_classes == list(range(1, 11))
     clip = src.split("train").load(0)
     stuff = clip.semantic[clip.semantic > 10]
     assert stuff.size and (clip.panoptic[clip.semantic > 10] % 1000 == 0).all()  # stuff has instance 0
     assert PRESETS["fashion3"][1] == (1, 2, 1, 2, 1, 3, 1, 3, 3, 3)
-    flat = create_source("composites", data_dir=str(data_fashion_dir), texture=False, canvas=32).split("train").load(0)
+    flat = (
+        create_source("composites", data_dir=str(data_fashion_dir), texture=False, canvas=32)
+        .split("train")
+        .load(0)
+    )
     assert flat.image.shape == (1, 32, 32, 3)
     with pytest.raises(DataError, match="unknown composites preset"):
         create_source("composites", preset="fashion5")
