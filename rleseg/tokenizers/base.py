@@ -51,11 +51,12 @@ class TokenRange:
         """One past the last token id of the range."""
         return self.lo + self.count
 
-    def to_tokens(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, dtype=np.int64) - self.value_min + self.lo
+    def to_tokens(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """int64 tokens of ``values`` (written into ``out`` when given)."""
+        return np.add(values, self.lo - self.value_min, out=out, dtype=np.int64)
 
     def to_values(self, tokens: np.ndarray) -> np.ndarray:
-        return np.asarray(tokens, dtype=np.int64) - self.lo + self.value_min
+        return np.add(tokens, self.value_min - self.lo, dtype=np.int64)
 
     def contains(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens)

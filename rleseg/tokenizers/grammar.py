@@ -27,7 +27,7 @@ walk the machine token by token. ``strict=True`` raises :class:`TokenizerError` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,17 +68,36 @@ class Parsed:
     """What survived parsing: only complete, grammatical records, plus the account of what was dropped."""
 
     tokens: np.ndarray  # kept content tokens, int64
-    fields: np.ndarray  # index into vocab.ranges of each kept token
-    positions: np.ndarray  # index of each kept token in the array given to ``parse``
     records: int  # complete records kept (marker records such as skip / end-of-row not counted)
     runs_dropped: int
     tokens_dropped: int
     ended_with_eos: bool
     tokens_after_end: int = 0
+    # index of each kept token in the array given to ``parse``; None: consecutive from ``offset``
+    kept_at: np.ndarray | None = None
+    offset: int = 0
+    # field of each kept token, computed on first use (the fast path of fixed-k grammars never needs it)
+    _fields: np.ndarray | None = None
+    _parser: GrammarParser | None = None
 
     @property
     def records_total(self) -> int:
         return self.records + self.runs_dropped
+
+    @property
+    def fields(self) -> np.ndarray:
+        """Index into ``vocab.ranges`` of each kept token's field."""
+        if self._fields is None:
+            assert self._parser is not None
+            self._fields = self._parser.field_of(self.tokens)
+        return self._fields
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Index of each kept token in the array given to ``parse`` (to look up per-token scores)."""
+        if self.kept_at is None:
+            return np.arange(self.offset, self.offset + self.tokens.size)
+        return self.kept_at
 
 
 class GrammarParser:
@@ -116,6 +135,20 @@ class GrammarParser:
                 break
             if targets:
                 self.next_of_field[f] = targets.pop()
+        # A simple cycle (one transition per state, back to 0 after k tokens, no resets): well-formedness
+        # is then a range check per column of the content reshaped to (records, k).
+        self._cycle: list[tuple[int, int, int]] | None = None
+        if all(len(t) == 1 for t in grammar.states) and grammar.accepting == {0} and not grammar.reset_on:
+            path, state = [], 0
+            while True:
+                t = grammar.states[state][0]
+                r = grammar.vocab[t.field]
+                path.append((index[t.field], r.lo, r.count))
+                state = t.next_state
+                if state == 0 or len(path) > n_states:
+                    break
+            if state == 0 and len(path) == n_states:
+                self._cycle = path
         self.markers = np.zeros(n_fields, dtype=bool)
         self.markers[[index[m] for m in markers]] = True
         order = np.argsort([r.lo for r in ranges])
@@ -175,27 +208,25 @@ class GrammarParser:
                 )
             dropped_tail = content.size - max_len
             content = content[:max_len]
+        if self._cycle is not None and self._cycle_well_formed(content):
+            if strict:
+                self._check_cycle_order(content)
+            k = len(self._cycle)
+            return Parsed(content, content.size // k, 0, dropped_tail, ended, extra, None, offset, None, self)
         fields = self.field_of(content)
         ok = self._well_formed(fields)
         if ok is not None:
             if strict:
                 self._check_order(content, fields)
             records = int(np.count_nonzero(ok)) - int(np.count_nonzero(self.markers[fields]))
-            positions = np.arange(offset, offset + content.size)
-            return Parsed(content, fields, positions, records, 0, dropped_tail, ended, extra)
+            return Parsed(content, records, 0, dropped_tail, ended, extra, None, offset, fields, self)
         keep, records, runs_dropped, tokens_dropped = self._walk(content, fields, strict)
         kept, kept_fields = content[keep], fields[keep]
         if strict:
             self._check_order(kept, kept_fields)
+        tokens_dropped += dropped_tail
         return Parsed(
-            kept,
-            kept_fields,
-            keep + offset,
-            records,
-            runs_dropped,
-            tokens_dropped + dropped_tail,
-            ended,
-            extra,
+            kept, records, runs_dropped, tokens_dropped, ended, extra, keep + offset, 0, kept_fields, self
         )
 
     def record_ends(self, content: np.ndarray) -> np.ndarray:
@@ -207,6 +238,27 @@ class GrammarParser:
         return np.flatnonzero(closes) + 1
 
     # ------------------------------------------------------------------ internals
+    def _cycle_well_formed(self, content: np.ndarray) -> bool:
+        assert self._cycle is not None
+        k = len(self._cycle)
+        if content.size % k:
+            return False
+        block = content.reshape(-1, k)
+        for j, (_, lo, count) in enumerate(self._cycle):
+            # one unsigned comparison checks lo <= token < lo + count
+            if not ((block[:, j] - lo).view(np.uint64) < count).all():
+                return False
+        return True
+
+    def _check_cycle_order(self, content: np.ndarray) -> None:
+        assert self._cycle is not None
+        block = content.reshape(-1, len(self._cycle))
+        for f, strictly, _ in self._constraints:
+            for j, (field_index, _, _) in enumerate(self._cycle):
+                if field_index == f:
+                    k = block.shape[1]
+                    self._raise_if_unordered(f, strictly, block[:, j], lambda i, j=j, k=k: i * k + j)
+
     def _well_formed(self, fields: np.ndarray) -> np.ndarray | None:
         """Boolean "this token closes a record" per token if the sequence is grammatical, else None."""
         if fields.size == 0:
@@ -284,17 +336,31 @@ class GrammarParser:
         """Strict mode: monotonic / nondecreasing fields, restarting after ``reset_on`` fields."""
         for f, strictly, resets in self._constraints:
             at = np.flatnonzero(fields == f)
-            if at.size < 2:
-                continue
-            segment = np.cumsum(np.isin(fields, resets))[at]
-            values = tokens[at]
-            same = segment[1:] == segment[:-1]
-            bad = same & ((values[1:] <= values[:-1]) if strictly else (values[1:] < values[:-1]))
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                kind = "increase" if strictly else "not decrease"
-                raise TokenizerError(
-                    f"field {self.field_names[f]!r} must {kind} along the sequence: "
-                    f"token {int(values[j + 1])} "
-                    f"follows {int(values[j])} (content position {int(at[j + 1])})"
-                )
+            same = None
+            if resets and at.size > 1:
+                segment = np.cumsum(np.isin(fields, resets))[at]
+                same = segment[1:] == segment[:-1]
+            self._raise_if_unordered(f, strictly, tokens[at], lambda i, at=at: int(at[i]), same)
+
+    def _raise_if_unordered(
+        self,
+        f: int,
+        strictly: bool,
+        values: np.ndarray,
+        position: Callable[[int], int],
+        same: np.ndarray | None = None,
+    ) -> None:
+        """Raise unless ``values`` increase (strictly) wherever ``same`` (consecutive pairs) is True;
+        ``position(i)`` is the content position of ``values[i]``, for the message."""
+        if values.size < 2:
+            return
+        bad = (values[1:] <= values[:-1]) if strictly else (values[1:] < values[:-1])
+        if same is not None:
+            bad &= same
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            kind = "increase" if strictly else "not decrease"
+            raise TokenizerError(
+                f"field {self.field_names[f]!r} must {kind} along the sequence: "
+                f"token {int(values[j + 1])} follows {int(values[j])} (content position {position(j + 1)})"
+            )

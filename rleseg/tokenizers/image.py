@@ -332,7 +332,7 @@ class FlatRunTokenizer(RunTokenizer):
                 cols.append(runs.values)
         out = np.empty((len(runs), len(cols)), dtype=np.int64)
         for j, (token_range, values) in enumerate(zip(self._run_ranges, cols, strict=True)):
-            out[:, j] = token_range.to_tokens(values)
+            token_range.to_tokens(values, out=out[:, j])
         return out.ravel()
 
     def _runs_from_parsed(self, parsed: Parsed) -> tuple[Runs, np.ndarray, int]:
@@ -517,7 +517,7 @@ class GapTokenizer(_PayloadMixin, RunTokenizer):
 
     @property
     def gap_range(self) -> int:
-        return int(self._gap_range or self.max_run)
+        return self.max_run if self._gap_range is None else int(self._gap_range)
 
     @property
     def tokens_per_run(self) -> int:  # type: ignore[override]

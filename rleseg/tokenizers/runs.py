@@ -78,13 +78,13 @@ def check_labels(
     elif kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():
-            raise TokenizerError(f"float {what} has non-finite value {arr[~finite].flat[0]}")
+            raise TokenizerError(f"float {what} has non-finite value {arr[~finite].flat[0].item()}")
         frac = arr != np.floor(arr)
         if frac.any():
-            raise TokenizerError(f"float {what} has non-integer value {arr[frac].flat[0]!r}")
+            raise TokenizerError(f"float {what} has non-integer value {arr[frac].flat[0].item()}")
     lo = arr.min() if kind in "if" else 0
     if lo < 0:
-        raise TokenizerError(f"{what} has negative id {lo!r}; ids must be >= 0")
+        raise TokenizerError(f"{what} has negative id {lo.item()}; ids must be >= 0")
     hi = int(arr.max())
     if hi // ids_per_class >= num_classes:
         if ids_per_class == 1:
@@ -234,24 +234,26 @@ def find_runs(flat: np.ndarray, max_run: int | None = None, line: int | None = N
     change = flat[1:] != flat[:-1]
     if line is not None and line < n:
         change[line - 1 :: line] = True
-    bounds = np.flatnonzero(change) + 1
+    bounds = np.flatnonzero(change)
+    bounds += 1
     starts = np.empty(bounds.size + 1, dtype=np.int64)
     starts[0] = 0
     starts[1:] = bounds
     ends = np.empty_like(starts)
     ends[:-1] = bounds
     ends[-1] = n
-    values = flat[starts]
-    fg = values != 0
-    runs = Runs(starts[fg], ends[fg] - starts[fg], values[fg].astype(np.int64))
+    fg = np.flatnonzero(flat[starts])
+    starts = starts[fg]
+    values = flat[starts].astype(np.int64)
+    runs = Runs(starts, ends[fg] - starts, values)
     return split_runs(runs, max_run) if max_run is not None else runs
 
 
 def split_runs(runs: Runs, max_run: int) -> Runs:
     """Split runs longer than ``max_run`` into consecutive pieces of ``max_run`` (the last one shorter)."""
-    pieces = (runs.lengths + max_run - 1) // max_run
-    if len(runs) == 0 or pieces.max() <= 1:
+    if len(runs) == 0 or runs.lengths.max() <= max_run:
         return runs
+    pieces = (runs.lengths + max_run - 1) // max_run
     owner = np.repeat(np.arange(len(runs)), pieces)
     first = np.cumsum(pieces) - pieces
     offset = (np.arange(owner.size) - first[owner]) * max_run
@@ -269,25 +271,39 @@ def paint_runs(
 
     Writes past ``size`` are clipped. Sorted, non-overlapping runs (every ground-truth sequence) take one
     ``np.repeat``; overlapping model output resolves "last run wins" with ``np.maximum.at`` on run indices.
+    ``starts``, ``lengths`` are int64 arrays.
     """
-    starts = np.asarray(starts, dtype=np.int64)
-    ends = np.minimum(starts + np.asarray(lengths, dtype=np.int64), size)
-    values = np.asarray(values)
-    inside = (starts < size) & (ends > starts)
+    r = len(starts)
+    if r == 0:
+        return np.zeros(size, dtype=dtype)
+    ends = starts + lengths
+    # sorted, disjoint, inside and non-empty (every ground-truth sequence): one np.repeat
+    if r == 1 or (starts[1:] >= ends[:-1]).all():
+        if ends[-1] > size or starts[0] < 0 or lengths.min() < 1:
+            return _paint_clipped(size, starts, ends, values, dtype)
+        seg = np.empty(2 * r + 1, dtype=np.int64)
+        seg[0] = starts[0]
+        seg[2:-1:2] = starts[1:] - ends[:-1]
+        seg[1:-1:2] = lengths
+        seg[-1] = size - ends[-1]
+        vals = np.zeros(2 * r + 1, dtype=dtype)
+        vals[1::2] = values
+        return np.repeat(vals, seg)
+    return _paint_clipped(size, starts, ends, values, dtype)
+
+
+def _paint_clipped(
+    size: int, starts: np.ndarray, ends: np.ndarray, values: np.ndarray, dtype: np.dtype
+) -> np.ndarray:
+    """paint_runs for overlapping, unsorted or out-of-bounds runs: clip, then "last run wins"."""
+    starts = np.maximum(starts, 0)
+    ends = np.minimum(ends, size)
+    inside = ends > starts
     if not inside.all():
         starts, ends, values = starts[inside], ends[inside], values[inside]
     r = starts.size
     if r == 0:
         return np.zeros(size, dtype=dtype)
-    if r == 1 or (starts[1:] >= ends[:-1]).all():
-        seg = np.empty(2 * r + 1, dtype=np.int64)
-        seg[0] = starts[0]
-        seg[2:-1:2] = starts[1:] - ends[:-1]
-        seg[1:-1:2] = ends - starts
-        seg[-1] = size - ends[-1]
-        vals = np.zeros(2 * r + 1, dtype=dtype)
-        vals[1::2] = values
-        return np.repeat(vals, seg)
     lens = ends - starts
     owner = np.repeat(np.arange(r), lens)
     pos = np.arange(owner.size) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
