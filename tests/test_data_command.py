@@ -33,13 +33,13 @@ def test_prepare_prints_a_summary(data_fashion_dir: Path, capsys: pytest.Capture
     assert _run(*argv, "--max-sequences", "4") == 0
     out = capsys.readouterr().out
     assert "composites: prepared" in out and "4 classes (background included)" in out
-    assert "train     12 sequences" in out and "pixel freq: background" in out
+    assert "train     12 samples of 32x32" in out and "pixel freq: background" in out
 
 
 def test_prepare_nuclei_from_a_given_wheel(tmp_path: Path, data_fake_wheel: Path, capsys) -> None:
     assert _run("prepare", "nuclei", "--data-dir", str(tmp_path), "--arg", f"wheel={data_fake_wheel}") == 0
     out = capsys.readouterr().out
-    assert "things: all foreground classes" in out and "val        4 sequences" in out
+    assert "things: all foreground classes" in out and "val        4 samples" in out
 
 
 def test_missing_source_names_the_install_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "names", nargs="+", metavar="NAME", help=f"source name(s), or 'all' ({', '.join(BUILTIN)})"
     )
-    p.add_argument("--max-sequences", type=int, default=200, help="sequences per split used for frequencies")
+    p.add_argument("--max-sequences", type=int, default=500, help="samples per split used for frequencies")
     p.set_defaults(func=run)
     p = verbs.add_parser("show", parents=[common], help="write a PNG grid of images with mask overlays")
     p.add_argument("name", metavar="NAME")
@@ -149,7 +149,7 @@ def format_summary(summary: dict, top: int = 8) -> str:
     for split, info in summary["splits"].items():
         shapes = ", ".join("x".join(str(v) for v in s) for s in info["shapes"])
         lines.append(
-            f"  {split:<5} {info['sequences']:>6} sequences, {info['frames']:>7} frames, frames of {shapes}"
+            f"  {split:<5} {info['sequences']:>6} samples of {shapes}"
             + (
                 f" (frequencies over the first {info['sampled']})"
                 if info["sampled"] < info["sequences"]
@@ -162,6 +162,10 @@ def format_summary(summary: dict, top: int = 8) -> str:
         present = int(np.count_nonzero(freq))
         more = f" ... ({present} classes present)" if present > top else ""
         lines.append(f"        pixel freq: {', '.join(shown)}{more}")
+        train_freq = np.asarray(summary["splits"]["train"]["class_pixel_freq"])
+        unseen = [names[c] for c in np.flatnonzero((freq > 0) & (train_freq == 0))]
+        if split != "train" and unseen:  # a slab split can hide whole classes from training
+            lines.append(f"        {len(unseen)} class(es) absent from train: {', '.join(unseen[:top])}")
     return "\n".join(lines)
 
 

@@ -222,13 +222,14 @@ def class_pixel_counts(semantic: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(flat, minlength=num_classes).astype(np.int64)
 
 
-def summarize(source: Source, *, max_sequences: int = 200, video: bool | None = None) -> dict:
+def summarize(source: Source, *, max_sequences: int = 500, video: bool = False) -> dict:
     """Sequences, frames, shapes and class pixel frequencies of every split of a prepared source.
 
-    Frequencies are computed over the first ``max_sequences`` sequences of each split (all frames), which
-    is exact for the small real sources and a sample for generated ones (reported as ``sampled``).
+    By default the image view (one frame per sequence: what the image DataModules train on);
+    ``video=True`` summarises the clips. Frequencies are computed over the first ``max_sequences``
+    sequences of each split, which is exact for the small real sources and a sample for generated ones
+    (reported as ``sampled``).
     """
-    video = source.has_video if video is None else video
     out: dict = {
         "source": source.name,
         "num_classes": source.num_classes,

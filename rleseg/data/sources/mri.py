@@ -10,7 +10,9 @@ Class groupings sweep N: ``aal116`` (every region), ``aal62`` (left/right merged
 parts), ``lobes`` (8 groups by the atlas code's first digit: frontal, insula, limbic, occipital, parietal,
 subcortical, temporal, cerebellum). Splits are slabs along the slicing axis with a gap: training slices
 lie below ``split_at``, validation (= test: one subject only) slices at ``split_at + gap`` and above.
-Slices of one subject are correlated: say so in every report.
+Slices of one subject are correlated: say so in every report. An axial or coronal slab split leaves some
+fine regions (``aal62``/``aal116``) out of training altogether (``rleseg data prepare mri`` lists them);
+``axis="sagittal"`` splits left from right hemisphere and keeps every class on both sides.
 
 >>> from rleseg.data.sources import create_source
 >>> src = create_source("mri", grouping="lobes")
