@@ -65,12 +65,49 @@ def _command_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The exception rleseg itself raised about the user's input, if ``exc`` (or its cause) is one.
+
+    LightningCLI/jsonargparse wrap errors raised while instantiating a DataModule in long messages; the
+    useful sentence is the one our code raised, so walk the chain for an error whose traceback ends in
+    the rleseg package.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if isinstance(exc, USER_ERRORS) and tb is not None and tb.tb_frame.f_code.co_filename.startswith(package):
+            return exc  # the outermost of our own errors carries the most context
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _report(command: str, err: BaseException) -> int:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    print(f"rleseg {command}: error: {message}\n(set RLESEG_DEBUG=1 to see the traceback)", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rleseg`` and ``python -m rleseg``."""
     _offline_defaults()
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_VERBS:
-        build_lightning_cli(args=argv)
+        try:
+            # args=None lets LightningCLI read sys.argv itself (it warns when given both).
+            build_lightning_cli(args=None if from_sys else argv)
+        except Exception as exc:
+            err = user_error(exc)
+            if err is None or os.environ.get("RLESEG_DEBUG"):
+                raise
+            return _report(argv[0], err)
         return 0
     parser = _command_parser()
     args = parser.parse_args(argv)
@@ -79,12 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if not argv else 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except USER_ERRORS as err:
         # Expected user errors get one readable line, not a traceback (set RLESEG_DEBUG=1 for one).
         if os.environ.get("RLESEG_DEBUG"):
             raise
-        print(f"rleseg {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _report(args.command, err)
 
 
 if __name__ == "__main__":

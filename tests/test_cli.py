@@ -38,3 +38,31 @@ def test_import_rleseg_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+QUICK = ["--trainer.fast_dev_run=1", "--data.init_args.limit_train=8", "--data.init_args.limit_val=4"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("--data.init_args.tokenizer=nope", "unknown tokenizer 'nope'; registered tokenizers: ["),
+        ("--data.init_args.tokenizer=tac", "tokenizer 'tac' is for task 'video'"),
+        ("--data.init_args.max_seq_len=8", "set data max_seq_len to at least"),
+    ],
+    ids=["unknown-tokenizer", "video-tokenizer-on-image-data", "max-seq-len-too-small"],
+)
+def test_bad_config_fails_before_training_with_advice(override, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    code = main(["fit", "--config", str(config), override, *QUICK])
+    err = capsys.readouterr().err
+    assert code == 2
+    # The last words are one readable error (earlier stderr may hold unrelated logging noise).
+    last = err.strip().splitlines()[-2:]
+    assert last[0].startswith("rleseg fit: error: ") and expected in last[0], err[-2000:]
+    assert last[1] == "(set RLESEG_DEBUG=1 to see the traceback)"
+    # Nothing was trained: no checkpoint was written.
+    assert not list(tmp_path.rglob("*.ckpt"))
