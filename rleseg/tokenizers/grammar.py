@@ -212,21 +212,30 @@ class GrammarParser:
             if strict:
                 self._check_cycle_order(content)
             k = len(self._cycle)
-            return Parsed(content, content.size // k, 0, dropped_tail, ended, extra, None, offset, None, self)
+            return Parsed(
+                content, content.size // k, 0, dropped_tail, ended, extra, offset=offset, _parser=self
+            )
         fields = self.field_of(content)
         ok = self._well_formed(fields)
         if ok is not None:
             if strict:
                 self._check_order(content, fields)
             records = int(np.count_nonzero(ok)) - int(np.count_nonzero(self.markers[fields]))
-            return Parsed(content, records, 0, dropped_tail, ended, extra, None, offset, fields, self)
+            return Parsed(content, records, 0, dropped_tail, ended, extra, offset=offset, _fields=fields)
         keep, records, runs_dropped, tokens_dropped = self._walk(content, fields, strict)
         kept, kept_fields = content[keep], fields[keep]
         if strict:
             self._check_order(kept, kept_fields)
         tokens_dropped += dropped_tail
         return Parsed(
-            kept, records, runs_dropped, tokens_dropped, ended, extra, keep + offset, 0, kept_fields, self
+            kept,
+            records,
+            runs_dropped,
+            tokens_dropped,
+            ended,
+            extra,
+            kept_at=keep + offset,
+            _fields=kept_fields,
         )
 
     def record_ends(self, content: np.ndarray) -> np.ndarray:
