@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rleseg.tokenizers.base import Tokenizer
+from rleseg.tokenizers.panoptic import IDS_PER_CLASS
 from rleseg.tokenizers.runs import upsample
-
-PANOPTIC_IDS_PER_CLASS = 1000
 
 
 def _interpolation(size: int, cells: int) -> np.ndarray:
@@ -70,7 +69,7 @@ def synthetic_masks(
         if kind == "panoptic":
             yy, xx = np.indices((h, w))
             quadrant = 1 + 2 * (yy >= h // 2) + (xx >= w // 2)
-            clip = np.where(clip > 0, clip.astype(np.int32) * PANOPTIC_IDS_PER_CLASS + quadrant, 0)
+            clip = np.where(clip > 0, clip.astype(np.int32) * IDS_PER_CLASS + quadrant, 0)
         yield clip if lead else clip[0]
 
 
@@ -140,7 +139,7 @@ def _metric_labels(tokenizer: Tokenizer, labels: np.ndarray) -> np.ndarray:
     """Class labels to score: panoptic ids to classes, everything to 0/1 for a binary token mask."""
     labels = np.asarray(labels)
     if tokenizer.task == "panoptic":
-        return labels // PANOPTIC_IDS_PER_CLASS
+        return labels // IDS_PER_CLASS
     return labels
 
 
