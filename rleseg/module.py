@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class DataInfo:
             max_seq_len=int(dm.max_seq_len),
             class_names=list(dm.class_names),
             thing_classes=[int(c) for c in getattr(dm, "thing_classes", [])],
-            input_size=tuple(int(v) for v in dm.input_size),
+            input_size=(int(dm.input_size[0]), int(dm.input_size[1])),
             frames=int(getattr(dm, "frames", 1)),
             in_chans=int(getattr(dm, "in_chans", 3)),
             label_divisor=int(getattr(dm, "label_divisor", 1000)),
@@ -65,7 +65,7 @@ class SegModuleBase(LightningModule):
 
     def __init__(
         self,
-        data_info: DataInfo | None = None,
+        data_info: DataInfo | dict | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -80,19 +80,20 @@ class SegModuleBase(LightningModule):
                 f"{type(self).__name__} needs `data_info`; the rleseg CLI links it from the DataModule "
                 "(run through `rleseg fit --config ...`, or pass DataInfo.from_datamodule(dm))."
             )
-        self.info = data_info
-        self.num_classes = data_info.num_classes
-        n = data_info.num_classes
+        # Checkpoints keep it as a plain dict so they load with torch.load(weights_only=True).
+        self.info = DataInfo(**data_info) if isinstance(data_info, dict) else data_info
+        self.num_classes = n = self.info.num_classes
         self.val_metrics = SegmentationMetrics(n)
         self.test_metrics = SegmentationMetrics(n)
         self.val_token_metrics = SegmentationMetrics(n)
         self.test_token_metrics = SegmentationMetrics(n)
         self.val_ceiling = SegmentationMetrics(n)
         self.test_ceiling = SegmentationMetrics(n)
-        if data_info.task == "panoptic":
-            stuffs = [c for c in range(1, n) if c not in set(data_info.thing_classes)]
-            self.val_pq = PanopticMetrics(things=list(data_info.thing_classes), stuffs=stuffs)
-            self.test_pq = PanopticMetrics(things=list(data_info.thing_classes), stuffs=stuffs)
+        if self.info.task == "panoptic":
+            things = list(self.info.thing_classes)
+            stuffs = [c for c in range(1, n) if c not in set(things)]
+            self.val_pq = PanopticMetrics(things=things, stuffs=stuffs)
+            self.test_pq = PanopticMetrics(things=things, stuffs=stuffs)
         self._vis: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ optimisation
@@ -225,7 +226,7 @@ class RLESegModule(SegModuleBase):
 
     def __init__(
         self,
-        data_info: DataInfo | None = None,
+        data_info: DataInfo | dict | None = None,
         backbone: str = "resnet18",
         pretrained: bool = False,
         weights_path: str | None = None,
@@ -257,7 +258,8 @@ class RLESegModule(SegModuleBase):
         )
         if decoding not in ("greedy", "top_p"):
             raise ValueError(f"decoding must be 'greedy' or 'top_p', got {decoding!r}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["data_info"])
+        self.hparams["data_info"] = asdict(self.info)
         from rleseg.models import Pix2Seq
 
         info = self.info
@@ -477,7 +479,7 @@ class DenseSegModule(SegModuleBase):
 
     def __init__(
         self,
-        data_info: DataInfo | None = None,
+        data_info: DataInfo | dict | None = None,
         backbone: str = "resnet18",
         pretrained: bool = False,
         weights_path: str | None = None,
@@ -497,7 +499,8 @@ class DenseSegModule(SegModuleBase):
         )
         if self.info.task == "panoptic":
             raise ValueError("the dense baseline predicts semantic masks; use an image or video DataModule")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["data_info"])
+        self.hparams["data_info"] = asdict(self.info)
         from rleseg.models import DenseSegmenter
 
         self.model = DenseSegmenter(
