@@ -377,7 +377,8 @@ def test_subsample_methods_and_upsample():
     m[1, 1] = 1
     m[0, 3] = 2
     m[1, 2] = 1
-    assert subsample(m, 2, "nearest").tolist() == [[0, 0], [0, 0]]
+    # nearest samples the centre of each 2x2 block, i.e. pixels (1, 1), (1, 3), (3, 1), (3, 3)
+    assert subsample(m, 2, "nearest").tolist() == [[1, 0], [0, 0]]
     assert subsample(m, 2, "any").tolist() == [[1, 2], [0, 0]]
     assert upsample(np.array([[1, 2], [0, 3]]), (4, 4))[1:3, 1:3].tolist() == [[1, 2], [0, 3]]
 
@@ -398,7 +399,7 @@ def test_panoptic_canonical_and_vanished_instances():
     tok = create_tokenizer("panoptic", num_classes=3, shape=(4, 4), subsample=2, stuff_classes=(2,))
     pan = np.zeros((4, 4), dtype=np.int64)
     pan[0:2, 0:2] = 1007  # kept: instance 1 of class 1
-    pan[1, 3] = 1003  # vanishes with nearest subsampling
+    pan[0, 3] = 1003  # vanishes with nearest subsampling (centre pixels (1|3, 1|3) are kept)
     pan[2:4, 0:2] = 1009  # instance 2 (id order: 1003 gone, 1007 -> 1, 1009 -> 2)
     pan[2:4, 2:4] = 2005  # stuff: instance number dropped
     token_mask = tok.subsample(pan)

@@ -103,17 +103,20 @@ def check_labels(
 def subsample(mask: np.ndarray, factor: int, method: SubsampleMethod = "nearest") -> np.ndarray:
     """Shrink the last two axes by ``factor`` (SPEC §2.1).
 
-    ``nearest`` keeps the top-left pixel of each block (nearest-neighbour resize); ``any`` gives a block the
-    highest id present in it, so any foreground beats background and the highest class wins a tie.
+    ``nearest`` keeps the pixel at the centre of each block (offset ``factor // 2``: a nearest-neighbour
+    resize with half-pixel centres, as TensorFlow's and PIL's resizes do; taking the top-left pixel instead
+    shifts every mask by (s-1)/2 pixels and costs ~6 Dice points of ceiling at s = 4 on the composites);
+    ``any`` gives a block the highest id present in it, so any foreground beats background and the
+    highest class wins a tie.
 
     >>> m = np.array([[0, 0, 0, 2], [0, 1, 0, 0]])
     >>> subsample(m, 2, "nearest").tolist(), subsample(m, 2, "any").tolist()
-    ([[0, 0]], [[1, 2]])
+    ([[1, 0]], [[1, 2]])
     """
     if factor == 1:
         return mask
     if method == "nearest":
-        return mask[..., ::factor, ::factor]
+        return mask[..., factor // 2 :: factor, factor // 2 :: factor]
     h, w = mask.shape[-2:]
     blocks = mask.reshape(*mask.shape[:-2], h // factor, factor, w // factor, factor)
     return blocks.max(axis=(-3, -1))
