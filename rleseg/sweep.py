@@ -66,6 +66,7 @@ import io
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -734,7 +735,10 @@ def train_trial(
     from rleseg.callbacks import OptunaPruning, PeakMemory, SequenceLengths
     from rleseg.lightning_cli import RlesegCLI
 
-    cli = RlesegCLI(args=["--config", str(config_path)], run=False)
+    with warnings.catch_warnings():
+        # LightningCLI warns when args are given while sys.argv has some (the sweep's own): intended here.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = RlesegCLI(args=["--config", str(config_path)], run=False)
     peak, lengths = PeakMemory(), SequenceLengths()
     callbacks: list[Any] = [peak, lengths]
     pruning = OptunaPruning(trial, monitor) if trial is not None else None
@@ -824,18 +828,18 @@ def open_storage(
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     kwargs: dict[str, Any] = {}
-    if heartbeat:
-        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-        name = "heartbeat_stale_trial_callback"
-        if retry is None:  # Optuna < 4.9
-            retry, name = optuna.storages.RetryFailedTrialCallback, "failed_trial_callback"
-        kwargs = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": grace_period,
-            name: retry(max_retry),
-        }
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna
+        warnings.simplefilter("ignore")  # heartbeats and their retry callback are "experimental" in Optuna
+        if heartbeat:
+            retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+            name = "heartbeat_stale_trial_callback"
+            if retry is None:  # Optuna < 4.9
+                retry, name = optuna.storages.RetryFailedTrialCallback, "failed_trial_callback"
+            kwargs = {
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period,
+                name: retry(max_retry),
+            }
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
@@ -983,6 +987,7 @@ class _Worker:
             trials = trial.study.get_trials(deepcopy=False)
             system_attrs = next(t.system_attrs for t in trials if t.number == trial.number)
             self._check_duplicate(trial, system_attrs.get("grid_id"), trials)
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             trial_dir = self.output_dir / f"trial_{trial.number:04d}"
             label = " ".join(spec.param(k).describe(v) for k, v in raw.items())
             if system_attrs.get("failed_trial") is not None:
