@@ -1,0 +1,1802 @@
+"""Study → tables and plots → Markdown and HTML: ``rleseg report --study STORAGE --out reports/NAME/``.
+
+A report is built from three things only (the house rule: reports talk to the rest through the study):
+the Optuna study (its trials, their user attributes and the ``sweep`` / ``budgets_mib`` study attributes
+that :func:`rleseg.sweep.run_sweep` stores), :func:`rleseg.sweep.export_trials`, and the files each trial
+wrote (``trial_NNNN/config.yaml``, the Lightning CSV log ``metrics.csv`` and the sample predictions
+``val_predictions/epoch_NNN.png``). Nothing is retrained or re-evaluated.
+
+Sections (each degrades to a sentence, never an exception, when the study cannot fill it yet):
+
+1. the study: sampler, objectives, budgets, trial states (partly finished or failed studies say so);
+2. the ablation table (one row per trial: knobs, metrics, tokens per mask, vocabulary, memory, times,
+   status: complete / pruned / over budget / failed / running);
+3. tokens per mask per encoding vs mask resolution (per-trial p50, p95 and max, with ``max_seq_len``);
+4. quality vs vocabulary size and vs tokens per mask;
+5. a Pareto front per memory budget (quality vs memory, quality vs decode time; infeasible points hollow);
+6. the best trial: per-class precision / recall / Dice, training curves, sample predictions;
+7. optimisation history and parameter importances (where at least two complete trials vary a parameter);
+8. failed trials with their errors.
+
+``report.md`` links its figures in ``figures/`` beside it; ``report.html`` embeds them (base64), so it is
+one file to share. ``trials.csv`` (the :func:`~rleseg.sweep.export_trials` table) is written too.
+
+>>> pareto_front([10.0, 20.0, 30.0, 40.0], [0.5, 0.4, 0.8, 0.7])
+[0, 2]
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import shutil
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ReportError",
+    "ReportOptions",
+    "ReportResult",
+    "load_study",
+    "pareto_front",
+    "resolve_storage",
+    "write_report",
+]
+
+
+class ReportError(ValueError):
+    """A storage, study or option the report cannot be built from (a readable, one-line reason)."""
+
+
+# ==================================================================================== options
+@dataclass
+class ReportOptions:
+    """What :func:`write_report` needs besides the study.
+
+    Attributes:
+        title: the report's title (default: ``Sweep report: <study name>``).
+        notes: Markdown written by a person (conclusions), placed after the study summary.
+        command: the shell command that regenerates the report, shown at its top.
+        metric: the quality metric (default: the study's first maximised objective, else ``val/dice_mean``).
+        storage: how the study was reached (shown in the summary).
+        trial_roots: folders that may hold ``trial_NNNN/`` when the recorded config paths moved (the
+            storage file's folder, typically).
+    """
+
+    title: str | None = None
+    notes: str | None = None
+    command: str | None = None
+    metric: str | None = None
+    storage: str | None = None
+    trial_roots: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ReportResult:
+    """Where the report went and what it holds."""
+
+    markdown: Path
+    html: Path
+    csv: Path
+    figures: list[Path]
+    sections: list[str]
+
+
+# ==================================================================================== storage
+def resolve_storage(storage: str) -> str:
+    """A SQLAlchemy URL for ``storage``: a URL is kept, a path to a ``.db`` file becomes ``sqlite:///``.
+
+    Raises:
+        FileNotFoundError: a path (or ``sqlite:///`` URL) to a file that does not exist; opening it would
+            silently create an empty database.
+
+    >>> resolve_storage("postgresql://u@host/db")
+    'postgresql://u@host/db'
+    """
+    if "://" in storage:
+        if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+            path = Path(storage[len("sqlite:///") :])
+            if not path.is_file():
+                raise FileNotFoundError(f"no study database at {str(path)!r} (from --study {storage})")
+        return storage
+    path = Path(storage)
+    if path.is_dir():
+        path = path / "study.db"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no study database at {str(path)!r}; give the .db file `rleseg sweep` wrote or a SQLAlchemy URL"
+        )
+    return f"sqlite:///{path.resolve()}"
+
+
+def load_study(storage: str, name: str | None = None) -> Any:
+    """Open a stored study; ``name`` may be omitted when the storage holds exactly one.
+
+    Raises:
+        ReportError: no study, several and no ``name``, or an unknown ``name`` (the message lists the
+            valid names).
+
+    >>> study = load_study("runs/sweeps/encodings/cpu/study.db")  # doctest: +SKIP
+    """
+    import optuna
+
+    url = resolve_storage(storage)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        backend = optuna.storages.RDBStorage(url)
+        names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy/driver errors become one readable line
+        raise ReportError(f"cannot open the study storage {url}: {type(err).__name__}: {err}") from None
+    if not names:
+        raise ReportError(f"the storage {url} holds no study")
+    if name is None:
+        if len(names) > 1:
+            raise ReportError(
+                f"the storage {url} holds {len(names)} studies; choose one with --name: {names}"
+            )
+        name = names[0]
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ReportError(f"no study {name!r} in {url}{hint} (studies there: {names})")
+    return optuna.load_study(study_name=name, storage=backend)
+
+
+# ================================================================================ small helpers
+def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats (lower or equal cost and higher or equal quality,
+    one strictly), sorted by cost. Non-finite points are never on the front.
+
+    >>> pareto_front([1.0, 1.0, 2.0], [0.3, 0.5, 0.5])
+    [1]
+    """
+    order = sorted(
+        (i for i in range(len(cost)) if math.isfinite(cost[i]) and math.isfinite(quality[i])),
+        key=lambda i: (cost[i], -quality[i]),
+    )
+    front: list[int] = []
+    best = -math.inf
+    for i in order:
+        if quality[i] > best:
+            front.append(i)
+            best = quality[i]
+    return front
+
+
+METRIC_NAMES = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "precision": "precision",
+    "recall": "recall",
+    "pq": "PQ",
+    "sq": "SQ",
+    "rq": "RQ",
+}
+
+
+def metric_label(metric: str) -> str:
+    """A readable name for a logged metric.
+
+    >>> metric_label("val/dice_mean"), metric_label("val/ceiling_dice_mean")
+    ('Dice (val, mean over classes)', 'Dice ceiling at token resolution (val)')
+    >>> metric_label("tokens_per_mask_p95")
+    'tokens per mask p95'
+    """
+    stage, _, key = metric.rpartition("/")
+    if key.startswith("ceiling_") and key.endswith("_mean"):
+        base = key[len("ceiling_") : -len("_mean")]
+        return f"{METRIC_NAMES.get(base, base)} ceiling at token resolution ({stage or 'val'})"
+    if key.endswith("_mean") and key[: -len("_mean")] in METRIC_NAMES:
+        name = METRIC_NAMES[key[: -len("_mean")]]
+        return f"{name} ({stage}, mean over classes)" if stage else f"{name} (mean over classes)"
+    if key in METRIC_NAMES:
+        return f"{METRIC_NAMES[key]} ({stage})" if stage else METRIC_NAMES[key]
+    return metric.replace("_", " ")
+
+
+def _short_metric(metric: str) -> str:
+    key = metric.rpartition("/")[2]
+    base = key[: -len("_mean")] if key.endswith("_mean") else key
+    return METRIC_NAMES.get(base, base.replace("_", " "))
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _fmt(value: Any, digits: int = 3, whole: bool = False) -> str:
+    """A table cell: ``digits`` decimals; ``whole`` prints integral values without them (counts)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if (whole and v.is_integer()) or abs(v) >= 1e4:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    return str(value)
+
+
+def _scaled(value: Any, factor: float) -> float | None:
+    v = _finite(value)
+    return None if v is None else v * factor
+
+
+def _json_list(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            return list(json.loads(value))
+        except ValueError:
+            return []
+    return []
+
+
+def _natural_key(text: str) -> tuple[Any, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(text)))
+
+
+# ============================================================================ the study's data
+#: Parameter names read as "the encoding" and "the mask resolution" by the sequence-length plots.
+ENCODING_PARAMS = ("tokenizer", "encoding")
+RESOLUTION_PARAMS = ("subsample", "canvas", "resolution", "image_size", "patch_size", "size")
+PER_CLASS = re.compile(r"^val/(precision|recall|dice|iou)_(.+)$")
+
+
+@dataclass
+class _Data:
+    """Everything the sections read, gathered once."""
+
+    study: Any
+    frame: pd.DataFrame
+    trials: dict[int, Any]
+    sweep: dict[str, Any]
+    budgets: list[float]
+    objectives: list[tuple[str, str]]
+    params: list[str]
+    encoding: str | None
+    resolution: str | None
+    metric: str
+    direction: str
+    trial_dirs: dict[int, Path | None]
+    best: int | None
+
+    def value(self, number: int, key: str) -> Any:
+        row = self.frame.loc[self.frame["number"] == number]
+        if row.empty or key not in row:
+            return None
+        value = row.iloc[0][key]
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    def label(self, number: int) -> str:
+        t = self.trials[number]
+        return ", ".join(f"{k}={v}" for k, v in t.params.items()) or f"trial {number}"
+
+    def complete(self) -> pd.DataFrame:
+        f = self.frame
+        return f[(f["state"] == "COMPLETE") & ~f["superseded"].astype(bool)]
+
+
+def _quality_metric(
+    objectives: list[tuple[str, str]], frame: pd.DataFrame, wanted: str | None
+) -> tuple[str, str]:
+    if wanted:
+        if wanted not in frame.columns:
+            numeric = sorted(c for c in frame.columns if c.startswith("val/"))
+            raise ReportError(f"--metric {wanted!r} was not recorded by any trial; recorded: {numeric}")
+        direction = dict(objectives).get(wanted, "maximize")
+        return wanted, direction
+    for metric, direction in objectives:
+        if direction == "maximize" and metric in frame.columns:
+            return metric, direction
+    if "val/dice_mean" in frame.columns:
+        return "val/dice_mean", "maximize"
+    if objectives and objectives[0][0] in frame.columns:
+        return objectives[0]
+    return "objective_value", objectives[0][1] if objectives else "maximize"
+
+
+def _find_trial_dir(number: int, config_path: Any, roots: Sequence[Path]) -> Path | None:
+    """The trial's folder: where its recorded config is, else ``trial_NNNN`` under one of ``roots`` (a
+    study copied or moved with its trial folders keeps working)."""
+    candidates: list[Path] = []
+    if isinstance(config_path, str) and config_path:
+        parent = Path(config_path).parent
+        candidates.append(parent)
+        if not parent.is_absolute():
+            candidates += [root / parent for root in roots]
+        candidates += [root / parent.name for root in roots]
+    candidates += [root / f"trial_{number:04d}" for root in roots]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def _gather(study: Any, options: ReportOptions) -> _Data:
+    from rleseg.sweep import export_trials
+
+    frame = export_trials(study)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["number", "state", "superseded", "duration_s"])
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    sweep = dict(study.user_attrs.get("sweep") or {})
+    budgets = [float(b) for b in (study.user_attrs.get("budgets_mib") or sweep.get("budgets_mib") or [])]
+    objectives = [(str(m), str(d)) for m, d in sweep.get("objectives", [])]
+    if not objectives:
+        objectives = [("value", d.name.lower()) for d in study.directions]
+    # export_trials names objective columns after the sweep's metrics, or "value" without a sweep.
+    if "objective_value" in frame.columns and "value" not in frame.columns:
+        frame["value"] = frame["objective_value"]
+    params = [c[len("param_") :] for c in frame.columns if c.startswith("param_")]
+    encoding = next((p for p in params if p in ENCODING_PARAMS), None)
+    resolution = next((p for name in RESOLUTION_PARAMS for p in params if p == name), None)
+    metric, direction = _quality_metric(objectives, frame, options.metric)
+    if metric not in frame.columns:
+        frame[metric] = np.nan
+    for column in (
+        "infeasible",
+        "estimated_peak_mib",
+        "measured_peak_mib",
+        "decode_seconds_per_image",
+        "tokens_per_mask_p50",
+        "tokens_per_mask_p95",
+        "tokens_per_mask_max",
+        "max_seq_len",
+        "vocab_size",
+    ):
+        if column not in frame.columns:
+            frame[column] = np.nan
+    frame["infeasible"] = frame["infeasible"].map(
+        lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False
+    )
+    frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
+    roots = list(options.trial_roots)
+    trial_dirs = {
+        int(n): _find_trial_dir(int(n), trials[int(n)].user_attrs.get("config_path"), roots)
+        for n in frame["number"]
+    }
+    data = _Data(
+        study, frame, trials, sweep, budgets, objectives, params, encoding, resolution, metric, direction,
+        trial_dirs, None,
+    )  # fmt: skip
+    done = data.complete().dropna(subset=[metric])
+    if len(done):
+        pick = done[metric].idxmax() if direction == "maximize" else done[metric].idxmin()
+        data.best = int(done.loc[pick, "number"])
+    return data
+
+
+def _status(data: _Data, row: pd.Series) -> tuple[str, str]:
+    """(text, css class) of a trial's outcome."""
+    t = data.trials[int(row["number"])]
+    attrs = t.user_attrs
+    state = t.state.name
+    if bool(row.get("superseded")):
+        return "died, retried", "fail"
+    if state == "COMPLETE":
+        return "complete", "complete"
+    if state == "PRUNED":
+        if attrs.get("infeasible"):
+            est, budget = attrs.get("estimated_peak_mib"), attrs.get("budget_mib") or max(data.budgets or [0])
+            if est is not None and budget:
+                return f"over budget: est. {est:.1f} > {budget:g} MiB, not trained", "infeasible"
+            return "over budget, not trained", "infeasible"
+        if "duplicate_of" in attrs:
+            return f"duplicate of #{attrs['duplicate_of']}", "pruned"
+        steps = sorted(t.intermediate_values)
+        if steps:
+            return f"pruned at validation {steps[-1]}", "pruned"
+        return "pruned", "pruned"
+    if state == "FAIL":
+        if attrs.get("interrupted"):
+            return "interrupted (Ctrl-C)", "fail"
+        error = str(attrs.get("error") or "no error recorded (process died?)").splitlines()[0]
+        return f"failed: {error[:90]}{'…' if len(error) > 90 else ''}", "fail"
+    if state == "RUNNING":
+        return "running", "running"
+    return state.lower(), "running"
+
+
+# =================================================================================== documents
+@dataclass
+class _Heading:
+    level: int
+    text: str
+    anchor: str = ""
+
+
+@dataclass
+class _Para:
+    text: str  # inline Markdown
+    kind: str = ""  # "" | "note" | "warn"
+
+
+@dataclass
+class _Code:
+    text: str
+
+
+@dataclass
+class _Table:
+    frame: pd.DataFrame
+    classes: list[str] = field(default_factory=list)  # one CSS class per row
+    numeric: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Figure:
+    path: Path
+    caption: str
+
+    @property
+    def alt(self) -> str:
+        return self.path.stem.replace("_", " ")
+
+
+@dataclass
+class _Markdown:
+    text: str  # a person's Markdown (the notes)
+
+
+_Block = _Heading | _Para | _Code | _Table | _Figure | _Markdown
+
+
+class _Doc:
+    def __init__(self) -> None:
+        self.blocks: list[_Block] = []
+        self.sections: list[str] = []
+
+    def section(self, text: str, anchor: str) -> None:
+        self.sections.append(anchor)
+        self.blocks.append(_Heading(2, text, anchor))
+
+    def add(self, block: _Block) -> None:
+        self.blocks.append(block)
+
+
+# ---------------------------------------------------------------------------- Markdown output
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(table: _Table) -> str:
+    frame = table.frame
+    cols = [str(c) for c in frame.columns]
+    head = "| " + " | ".join(_md_cell(c) for c in cols) + " |"
+    rule = "|" + "|".join("---:" if c in table.numeric else "---" for c in cols) + "|"
+    rows = [
+        "| " + " | ".join(_md_cell(v) for v in row) + " |"
+        for row in frame.astype(str).itertuples(index=False)
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+def _to_markdown(doc: _Doc, title: str, out: Path) -> str:
+    parts = []
+    for block in doc.blocks:
+        if isinstance(block, _Heading):
+            parts.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, _Para):
+            prefix = {"note": "> ", "warn": "> **Note.** "}.get(block.kind, "")
+            parts.append(prefix + block.text)
+        elif isinstance(block, _Code):
+            parts.append(f"```\n{block.text}\n```")
+        elif isinstance(block, _Table):
+            parts.append(_md_table(block))
+        elif isinstance(block, _Figure):
+            rel = block.path.relative_to(out).as_posix()
+            parts.append(f"![{block.alt}]({rel})\n\n*{block.caption}*")
+        elif isinstance(block, _Markdown):
+            parts.append(block.text.strip())
+    return "\n\n".join(parts).rstrip() + "\n"
+
+
+# -------------------------------------------------------------------------------- HTML output
+_INLINE = re.compile(r"\*\*(.+?)\*\*|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])|\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def _inline_html(text: str) -> str:
+    """Inline Markdown (code spans, bold, italic, links) to HTML; everything else escaped."""
+    out = []
+    for i, part in enumerate(re.split(r"(`[^`]*`)", text)):
+        if i % 2:
+            out.append(f"<code>{html.escape(part[1:-1])}</code>")
+            continue
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) is not None:
+                return f"<strong>{m.group(1)}</strong>"
+            if m.group(2) is not None:
+                return f"<em>{m.group(2)}</em>"
+            return f'<a href="{m.group(4)}">{m.group(3)}</a>'
+
+        out.append(_INLINE.sub(sub, html.escape(part, quote=False)))
+    return "".join(out)
+
+
+def _markdown_html(text: str) -> str:
+    """A small Markdown subset (headings, paragraphs, lists, fenced code, quotes, pipe tables) to HTML,
+    enough for hand-written report notes without a Markdown dependency."""
+    lines = text.strip("\n").splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if not stripped:
+            i += 1
+        elif stripped.startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].strip().startswith("```"):
+                j += 1
+            out.append(f"<pre><code>{html.escape(chr(10).join(lines[i + 1 : j]))}</code></pre>")
+            i = j + 1
+        elif m := re.match(r"^(#{1,6})\s+(.*)$", stripped):
+            level = min(len(m.group(1)) + 0, 6)
+            out.append(f"<h{level}>{_inline_html(m.group(2))}</h{level}>")
+            i += 1
+        elif stripped.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[i].strip().strip("|"))]
+                if not all(re.fullmatch(r":?-{2,}:?", c) for c in cells):
+                    rows.append(cells)
+                i += 1
+            head, *body = rows or [[]]
+            th = "".join(f"<th>{_inline_html(c)}</th>" for c in head)
+            trs = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in body)
+            out.append(
+                f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>'
+            )
+        elif re.match(r"^([-*+]|\d+[.)])\s+", stripped):
+            ordered = bool(re.match(r"^\d", stripped))
+            items: list[str] = []
+            while i < len(lines) and lines[i].strip():
+                s = lines[i].strip()
+                m = re.match(r"^([-*+]|\d+[.)])\s+(.*)$", s)
+                if m:
+                    items.append(m.group(2))
+                elif items:
+                    items[-1] += " " + s
+                i += 1
+            tag = "ol" if ordered else "ul"
+            out.append(f"<{tag}>" + "".join(f"<li>{_inline_html(x)}</li>" for x in items) + f"</{tag}>")
+        elif stripped.startswith(">"):
+            quote = []
+            while i < len(lines) and lines[i].strip().startswith(">"):
+                quote.append(lines[i].strip()[1:].strip())
+                i += 1
+            out.append(f"<blockquote>{_inline_html(' '.join(quote))}</blockquote>")
+        else:
+            para = []
+            while (
+                i < len(lines)
+                and lines[i].strip()
+                and not re.match(r"^(#{1,6}\s|```|\||[-*+]\s|>)", lines[i].strip())
+            ):
+                para.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{_inline_html(' '.join(para))}</p>")
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Helvetica,Arial,sans-serif;color:#1d232a;
+ max-width:1400px;margin:0 auto;padding:24px 32px 64px;line-height:1.5;background:#fff}
+h1{font-size:1.9em;border-bottom:2px solid #d0d7de;padding-bottom:.3em}
+h2{font-size:1.4em;margin-top:2em;border-bottom:1px solid #d0d7de;padding-bottom:.25em}
+h3{font-size:1.12em;margin-top:1.5em}
+code{background:#f2f4f7;border-radius:4px;padding:.1em .35em;font-size:.92em}
+pre{background:#f2f4f7;border-radius:6px;padding:10px 14px;overflow-x:auto}
+pre code{background:none;padding:0}
+blockquote,.note{border-left:4px solid #8fb3de;background:#f3f7fc;margin:1em 0;padding:.5em 1em}
+.warn{border-left:4px solid #e0a526;background:#fdf7e7;margin:1em 0;padding:.5em 1em}
+.scroll{overflow-x:auto;margin:1em 0}
+table{border-collapse:collapse;font-size:.86em;white-space:nowrap}
+th,td{border:1px solid #d8dee4;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef1f4;position:sticky;top:0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+tbody tr:nth-child(even){background:#fafbfc}
+tr.complete td:first-child{border-left:4px solid #2e9d57}
+tr.best{background:#e7f6ec!important;font-weight:600}
+tr.infeasible{color:#6a737d}
+tr.infeasible td:first-child{border-left:4px solid #9aa3ab}
+tr.pruned td:first-child{border-left:4px solid #d9a21b}
+tr.fail{background:#fcefee!important}
+tr.fail td:first-child{border-left:4px solid #cf3a33}
+tr.running td:first-child{border-left:4px solid #3b82c4}
+figure{margin:1.2em 0 2em;text-align:center}
+figure img{max-width:100%;height:auto;border:1px solid #e3e7eb;border-radius:4px}
+figcaption{font-size:.9em;color:#4a545e;margin-top:.4em;text-align:left}
+nav ul{columns:2;font-size:.95em}
+"""
+
+
+def _html_table(table: _Table) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.frame.columns)
+    body = []
+    cols = [str(c) for c in table.frame.columns]
+    for k, row in enumerate(table.frame.astype(str).itertuples(index=False)):
+        css = table.classes[k] if k < len(table.classes) else ""
+        cells = "".join(
+            f'<td class="num">{html.escape(v)}</td>' if c in table.numeric else f"<td>{_inline_html(v)}</td>"
+            for c, v in zip(cols, row, strict=True)
+        )
+        body.append(f'<tr class="{css}">{cells}</tr>')
+    rows = "".join(body)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def _to_html(doc: _Doc, title: str) -> str:
+    parts = []
+    toc = [(b.anchor, b.text) for b in doc.blocks if isinstance(b, _Heading) and b.level == 2 and b.anchor]
+    for block in doc.blocks:
+        if isinstance(block, _Heading):
+            anchor = f' id="{block.anchor}"' if block.anchor else ""
+            parts.append(f"<h{block.level}{anchor}>{_inline_html(block.text)}</h{block.level}>")
+        elif isinstance(block, _Para):
+            css = f' class="{block.kind}"' if block.kind else ""
+            parts.append(f"<p{css}>{_inline_html(block.text)}</p>")
+        elif isinstance(block, _Code):
+            parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
+        elif isinstance(block, _Table):
+            parts.append(_html_table(block))
+        elif isinstance(block, _Figure):
+            data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">'
+                f"<figcaption>{_inline_html(block.caption)}</figcaption></figure>"
+            )
+        elif isinstance(block, _Markdown):
+            parts.append(_markdown_html(block.text))
+    nav = ""
+    if toc:
+        items = "".join(f'<li><a href="#{a}">{_inline_html(t)}</a></li>' for a, t in toc)
+        nav = f"<nav><strong>Contents</strong><ul>{items}</ul></nav>"
+    body = "\n".join(parts)
+    # The table of contents goes right after the regeneration command (the first code block).
+    marker = "</code></pre>"
+    if nav and marker in body:
+        head, _, tail = body.partition(marker)
+        body = head + marker + "\n" + nav + tail
+    else:
+        body = nav + body
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+# ==================================================================================== figures
+#: File names of every figure a report can hold (stale ones are removed before writing).
+FIGURE_PREFIXES = (
+    "sequence_lengths",
+    "quality_vs_vocab_and_tokens",
+    "pareto_",
+    "best_per_class",
+    "best_training_curves",
+    "best_predictions",
+    "optimization_history",
+    "param_importances",
+)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.titlesize": 11,
+            "axes.labelsize": 10,
+            "legend.fontsize": 8.5,
+            "xtick.labelsize": 9,
+            "ytick.labelsize": 9,
+        }
+    )
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+class _Style:
+    """One colour per encoding and one marker per resolution, shared by every figure."""
+
+    def __init__(self, data: _Data) -> None:
+        import matplotlib
+
+        self.data = data
+        enc = data.encoding
+        encs = (
+            sorted({str(v) for v in data.frame.get(f"param_{enc}", pd.Series(dtype=str)).dropna()})
+            if enc
+            else []
+        )
+        cmap = matplotlib.colormaps["tab10"]
+        self.colors = {e: cmap(i % 10) for i, e in enumerate(encs)}
+        res = data.resolution
+        values = data.frame.get(f"param_{res}", pd.Series(dtype=float)).dropna().unique() if res else []
+        self.res_values = sorted(values, key=lambda v: _natural_key(str(v)))
+        self.markers = {str(v): _MARKERS[i % len(_MARKERS)] for i, v in enumerate(self.res_values)}
+
+    def encoding(self, row: pd.Series) -> str:
+        enc = self.data.encoding
+        return str(row.get(f"param_{enc}")) if enc else "trial"
+
+    def color(self, row: pd.Series) -> Any:
+        return self.colors.get(self.encoding(row), "#1f77b4")
+
+    def marker(self, row: pd.Series) -> str:
+        res = self.data.resolution
+        return self.markers.get(str(row.get(f"param_{res}")), "o") if res else "o"
+
+    def legend(self, ax: Any, extra: Iterable[Any] = (), loc: str = "best", title: bool = True) -> None:
+        from matplotlib.lines import Line2D
+
+        handles = [
+            Line2D([], [], marker="o", ls="", color=c, markersize=7, label=e) for e, c in self.colors.items()
+        ]
+        if self.data.resolution and len(self.res_values) > 1:
+            handles += [
+                Line2D(
+                    [],
+                    [],
+                    marker=self.markers[str(v)],
+                    ls="",
+                    color="#555",
+                    mfc="none",
+                    label=f"{self.data.resolution}={v}",
+                )
+                for v in self.res_values
+            ]
+        handles += list(extra)
+        if handles:
+            ax.legend(
+                handles=handles,
+                loc=loc,
+                framealpha=0.9,
+                title=self.data.encoding if title and self.colors else None,
+            )
+
+
+def _resolution_tick(data: _Data, value: Any) -> str:
+    """``subsample=4`` plus the token mask size when the trial config says the image size."""
+    name = data.resolution
+    label = f"{'s' if name == 'subsample' else name} = {value}"
+    if name != "subsample":
+        return label
+    for number in data.frame.loc[data.frame[f"param_{name}"].astype(str) == str(value), "number"]:
+        size = _image_size(data.trial_dirs.get(int(number)))
+        if size:
+            try:
+                side = int(size) // int(value)
+            except (TypeError, ValueError, ZeroDivisionError):
+                return label
+            return f"{label}\n({side}×{side} token mask)"
+    return label
+
+
+def _image_size(trial_dir: Path | None) -> int | None:
+    if trial_dir is None or not (trial_dir / "config.yaml").is_file():
+        return None
+    import yaml
+
+    try:
+        config = yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    init = ((config.get("data") or {}).get("init_args")) or {}
+    for key in ("image_size", "crop_size", "patch_size"):
+        if isinstance(init.get(key), int):
+            return int(init[key])
+    canvas = (init.get("source_args") or {}).get("canvas")
+    return int(canvas) if isinstance(canvas, int) else None
+
+
+def _fig_sequence_lengths(data: _Data, style: _Style, path: Path) -> tuple[Path | None, str]:
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    f = data.frame[~data.frame["superseded"].astype(bool)]
+    f = f[f["tokens_per_mask_p50"].notna() | f["max_seq_len"].notna()]
+    if f.empty:
+        return None, "No trial recorded its tokens per mask or `max_seq_len` yet."
+    res, enc = data.resolution, data.encoding
+    groups = style.res_values if res else [None]
+    encs = list(style.colors) if enc else [None]
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.9 * len(groups) * max(1, len(encs)) ** 0.5 + 3), 5.2))
+    width = 0.8 / max(len(encs), 1)
+    seen_lengths: list[float] = []
+    for gi, g in enumerate(groups):
+        for ei, e in enumerate(encs):
+            sel = f
+            if res:
+                sel = sel[sel[f"param_{res}"].astype(str) == str(g)]
+            if enc:
+                sel = sel[sel[f"param_{enc}"].astype(str) == str(e)]
+            if sel.empty:
+                continue
+            # Trials sharing encoding and resolution (other knobs vary) sit side by side in the slot.
+            n = len(sel)
+            for k, (_, row) in enumerate(sel.iterrows()):
+                x0 = gi + (ei - (len(encs) - 1) / 2) * width
+                x = x0 + ((k - (n - 1) / 2) * width / max(n, 1) * 0.8 if n > 1 else 0.0)
+                color = style.color(row) if enc else "#1f77b4"
+                p50, p95, pmax = (
+                    _finite(row.get(c))
+                    for c in ("tokens_per_mask_p50", "tokens_per_mask_p95", "tokens_per_mask_max")
+                )
+                if p50 is not None:
+                    lo, hi = p50, p95 if p95 is not None else p50
+                    ax.vlines(x, lo, hi, color=color, lw=max(3.0, 30 * width / max(n, 1)), alpha=0.55)
+                    if pmax is not None:
+                        ax.vlines(x, hi, pmax, color=color, lw=1.3)
+                        ax.plot(x, pmax, marker="_", color=color, ms=10, mew=1.6)
+                    ax.plot(x, p50, marker="o", color=color, ms=6, mec="white", mew=0.8)
+                    seen_lengths += [v for v in (p50, p95, pmax) if v is not None]
+                msl = _finite(row.get("max_seq_len"))
+                if msl is not None:
+                    half = 0.45 * width / max(n, 1) + 0.03
+                    ax.hlines(msl, x - half, x + half, color="#c0392b", lw=1.6, linestyles="--")
+                    seen_lengths.append(msl)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([_resolution_tick(data, g) for g in groups] if res else ["all trials"])
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    if (
+        seen_lengths
+        and max(seen_lengths)
+        / max(min(v for v in seen_lengths if v > 0) if any(v > 0 for v in seen_lengths) else 1, 1)
+        > 30
+    ):
+        ax.set_yscale("log")
+    ax.set_ylim(bottom=0 if ax.get_yscale() == "linear" else None)
+    ax.set_xlabel(
+        "mask resolution: subsampling factor s (token mask = image size / s)"
+        if res == "subsample"
+        else (f"mask resolution ({res})" if res else "")
+    )
+    ax.set_ylabel("tokens per mask (content tokens, validation masks)")
+    ax.set_title("Sequence length per encoding vs mask resolution")
+    glyphs = [
+        Line2D([], [], marker="o", ls="", color="#555", label="median (p50)"),
+        Line2D([], [], lw=6, color="#555", alpha=0.55, label="p50 – p95"),
+        Line2D([], [], lw=1.3, color="#555", marker="_", ms=10, label="p95 – max"),
+        Line2D([], [], lw=1.6, ls="--", color="#c0392b", label="max_seq_len of the trial"),
+    ]
+    handles = [Line2D([], [], lw=6, color=c, alpha=0.7, label=e) for e, c in style.colors.items()] + glyphs
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9, title=enc)
+    ax.grid(axis="x", visible=False)
+    caption = (
+        "Ground-truth tokens per validation mask for each trial (the encoding's own length, not what the "
+        "model generated): dot = median, bar = p50 to p95, whisker = maximum. The red dashes mark each "
+        "trial's `max_seq_len` (sequences are truncated above it)."
+    )
+    untrained = int((f["tokens_per_mask_p50"].isna()).sum())
+    if untrained:
+        caption += (
+            f" {untrained} trial(s) were not trained (over budget or not finished): only their `max_seq_len`."
+        )
+    return _save(fig, path), caption
+
+
+def _fig_quality_vs_size(data: _Data, style: _Style, path: Path) -> tuple[Path | None, str]:
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    done = data.complete().dropna(subset=[data.metric])
+    if done.empty:
+        return None, "No complete trial yet: no quality to plot against vocabulary size or tokens per mask."
+    ceiling = _ceiling_metric(data)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True)
+    for _, row in done.iterrows():
+        color, marker = style.color(row), style.marker(row)
+        y = float(row[data.metric])
+        cy = _finite(row.get(ceiling)) if ceiling else None
+        vocab = _finite(row.get("vocab_size"))
+        if vocab is not None:
+            axes[0].plot(vocab, y, marker=marker, color=color, ms=8, ls="", mec="white", mew=0.6)
+            if cy is not None:
+                axes[0].plot(vocab, cy, marker=marker, color=color, ms=7, ls="", mfc="none")
+                axes[0].vlines(vocab, y, cy, color=color, lw=0.8, ls=":")
+        p50, p95 = _finite(row.get("tokens_per_mask_p50")), _finite(row.get("tokens_per_mask_p95"))
+        if p50 is not None:
+            if p95 is not None and p95 > p50:
+                axes[1].hlines(y, p50, p95, color=color, lw=1.2, alpha=0.7)
+                axes[1].plot(p95, y, marker="|", color=color, ms=9)
+            axes[1].plot(p50, y, marker=marker, color=color, ms=8, ls="", mec="white", mew=0.6)
+            if cy is not None:
+                axes[1].plot(p50, cy, marker=marker, color=color, ms=7, ls="", mfc="none")
+                axes[1].vlines(p50, y, cy, color=color, lw=0.8, ls=":")
+    for ax in axes:
+        xs = [line for line in ax.get_lines()]
+        if xs:
+            data_x = np.concatenate([np.asarray(line.get_xdata(), dtype=float) for line in xs])
+            data_x = data_x[np.isfinite(data_x) & (data_x > 0)]
+            if len(data_x) and data_x.max() / data_x.min() > 8:
+                ax.set_xscale("log")
+    axes[0].set_xlabel("vocabulary size (tokens)")
+    axes[1].set_xlabel("tokens per mask (median; bar to p95)")
+    axes[0].set_ylabel(metric_label(data.metric))
+    axes[0].set_title(f"{_short_metric(data.metric)} vs vocabulary size")
+    axes[1].set_title(f"{_short_metric(data.metric)} vs tokens per mask")
+    extra = []
+    if ceiling is not None and done[ceiling].notna().any():
+        extra = [
+            Line2D([], [], marker="o", ls="", color="#555", label="trained model"),
+            Line2D([], [], marker="o", ls="", color="#555", mfc="none", label="token-resolution ceiling"),
+        ]
+    style.legend(axes[1], extra, loc="upper left")
+    axes[1].legend_.set_bbox_to_anchor((1.01, 1.0))
+    caption = (
+        f"{metric_label(data.metric)} of every complete trial against its vocabulary size and its tokens per "
+        "mask; colour = encoding"
+        + (f", marker = {data.resolution}" if data.resolution else "")
+        + (
+            ". Hollow markers (dotted link): the same metric for the ground truth decoded at token "
+            "resolution, the best any model could score with that encoding and resolution."
+            if extra
+            else "."
+        )
+    )
+    return _save(fig, path), caption
+
+
+def _ceiling_metric(data: _Data) -> str | None:
+    stage, _, key = data.metric.rpartition("/")
+    name = f"{stage}/ceiling_{key}" if stage else f"ceiling_{key}"
+    return name if name in data.frame.columns else None
+
+
+def _fig_pareto(data: _Data, style: _Style, budget: float | None, path: Path) -> tuple[Path | None, str]:
+    plt = _plt()
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    f = data.frame[~data.frame["superseded"].astype(bool)]
+    done = f[(f["state"] == "COMPLETE") & f[data.metric].notna()]
+    untrained = f[f["infeasible"].astype(bool)]
+    if done.empty and untrained.empty:
+        return None, "No trial has both a quality and a memory figure yet."
+
+    def fits(row: pd.Series) -> bool:
+        if budget is None:
+            return True
+        fit = _json_list(row.get("budgets_fit"))
+        if fit:
+            return any(abs(float(b) - budget) < 1e-9 for b in fit)
+        est = _finite(row.get("estimated_peak_mib"))
+        return est is not None and est <= budget
+
+    sign = 1.0 if data.direction == "maximize" else -1.0
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.9), sharey=True)
+    panels = (
+        ("estimated_peak_mib", 1.0, "estimated peak training memory (MiB)", "memory"),
+        (
+            "decode_seconds_per_image",
+            1000.0,
+            "decode time per image (ms, generation + decoding)",
+            "decode time",
+        ),
+    )
+    fronts: list[list[int]] = []
+    for ax, (column, scale, xlabel, what) in zip(axes, panels, strict=True):
+        feasible = [row for _, row in done.iterrows() if fits(row)]
+        over = [row for _, row in done.iterrows() if not fits(row)]
+        xs = [(_finite(r.get(column)) or math.nan) * scale for r in feasible]
+        ys = [float(r[data.metric]) for r in feasible]
+        front = pareto_front(xs, [sign * y for y in ys])
+        fronts.append([int(feasible[i]["number"]) for i in front])
+        for r in over:
+            x = _finite(r.get(column))
+            if x is not None:
+                ax.plot(
+                    x * scale,
+                    float(r[data.metric]),
+                    marker=style.marker(r),
+                    ls="",
+                    ms=8,
+                    mfc="none",
+                    color="#9aa3ab",
+                )
+        for r, x, y in zip(feasible, xs, ys, strict=True):
+            if math.isfinite(x):
+                ax.plot(
+                    x,
+                    y,
+                    marker=style.marker(r),
+                    ls="",
+                    ms=8,
+                    color=style.color(r),
+                    mec="white",
+                    mew=0.6,
+                    zorder=3,
+                )
+        if front:
+            fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+            ax.step(fx, fy, where="post", color="#222", lw=1.2, alpha=0.75, zorder=2)
+            ax.plot(fx, fy, ls="", marker="o", ms=13, mfc="none", mec="#222", mew=1.2, zorder=4)
+            for i in front:
+                ax.annotate(
+                    f"#{int(feasible[i]['number'])}",
+                    (xs[i], ys[i]),
+                    textcoords="offset points",
+                    xytext=(7, 5),
+                    fontsize=8,
+                )
+        if what == "memory":
+            trans = blended_transform_factory(ax.transData, ax.transAxes)
+            for _, r in untrained.iterrows():
+                x = _finite(r.get("estimated_peak_mib"))
+                if x is not None:
+                    ax.plot(
+                        x, 0.03, transform=trans, marker="x", color="#9aa3ab", ms=8, mew=1.5, clip_on=False
+                    )
+            if budget is not None:
+                ax.axvline(budget, color="#c0392b", ls="--", lw=1.3)
+                ax.text(
+                    budget,
+                    0.97,
+                    f" budget {budget:g} MiB",
+                    transform=trans,
+                    color="#c0392b",
+                    va="top",
+                    fontsize=8.5,
+                )
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{_short_metric(data.metric)} vs {what}")
+    axes[0].set_ylabel(metric_label(data.metric))
+    extra = [
+        Line2D([], [], marker="o", ls="-", color="#222", mfc="none", ms=11, label="Pareto front"),
+        Line2D([], [], marker="o", ls="", color="#9aa3ab", mfc="none", label="trained, over this budget"),
+        Line2D([], [], marker="x", ls="", color="#9aa3ab", mew=1.5, label="over every budget: not trained"),
+    ]
+    style.legend(axes[1], extra, loc="upper left")
+    axes[1].legend_.set_bbox_to_anchor((1.01, 1.0))
+    where = f"under {budget:g} MiB" if budget is not None else "(no memory budget)"
+    fig.suptitle(f"Pareto front {where}", fontsize=12, y=1.01)
+    caption = (
+        f"Quality vs cost {where}. Filled: trials whose estimated peak fits; hollow grey: trained but over "
+        "this budget; × on the axis: over every budget, never trained (no quality). The black line joins the "
+        "Pareto front (no other fitting trial is better on both axes): "
+        f"{', '.join(f'#{n}' for n in fronts[0]) or 'none'} for memory, "
+        f"{', '.join(f'#{n}' for n in fronts[1]) or 'none'} for decode time."
+    )
+    return _save(fig, path), caption
+
+
+def _per_class(data: _Data, number: int) -> pd.DataFrame:
+    attrs = data.trials[number].user_attrs
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in attrs.items():
+        m = PER_CLASS.match(key)
+        if m and m.group(2) != "mean" and _finite(value) is not None:
+            rows.setdefault(m.group(2), {})[m.group(1)] = float(value)
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    if frame.empty:
+        return frame
+    frame = frame.reindex(columns=[c for c in ("precision", "recall", "dice", "iou") if c in frame.columns])
+    return frame.loc[sorted(frame.index, key=_natural_key)]
+
+
+def _fig_per_class(data: _Data, number: int, scores: pd.DataFrame, path: Path) -> Path:
+    plt = _plt()
+    cols = [c for c in ("precision", "recall", "dice") if c in scores.columns]
+    n = len(scores)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.5 * n + 2.5), 4.4))
+    width = 0.8 / max(len(cols), 1)
+    colors = {"precision": "#4c78a8", "recall": "#f58518", "dice": "#54a24b"}
+    x = np.arange(n)
+    for k, col in enumerate(cols):
+        vals = scores[col].to_numpy(dtype=float)
+        bars = ax.bar(
+            x + (k - (len(cols) - 1) / 2) * width, vals, width, label=METRIC_NAMES[col], color=colors[col]
+        )
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=7.5, padding=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [str(c).replace("_", " ") for c in scores.index],
+        rotation=20 if n > 4 else 0,
+        ha="right" if n > 4 else "center",
+    )
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("score (0–1, validation set)")
+    ax.set_xlabel("class")
+    ax.set_title(f"Per-class scores of the best trial #{number} ({data.label(number)})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="x", visible=False)
+    return _save(fig, path)
+
+
+def _metrics_csv(trial_dir: Path | None) -> Path | None:
+    if trial_dir is None:
+        return None
+    found = sorted(trial_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _fig_training_curves(data: _Data, number: int, csv: Path, path: Path) -> tuple[Path | None, str]:
+    plt = _plt()
+    try:
+        log = pd.read_csv(csv)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        return None, f"The training log {csv} could not be read ({err})."
+    if log.empty:
+        return None, f"The training log {csv} is empty."
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    notes = []
+    x_step = "step" if "step" in log else None
+    for key, style_kw in (
+        ("train/loss", {"lw": 1.2, "alpha": 0.9}),
+        ("val/loss", {"marker": "o", "lw": 1.6}),
+    ):
+        if key in log and x_step:
+            part = log[[x_step, key]].dropna()
+            if len(part):
+                axes[0].plot(part[x_step], part[key], label=key, **style_kw)
+    if "train/loss" not in log or log["train/loss"].dropna().empty:
+        notes.append("train/loss was not logged (fewer steps than `log_every_n_steps`)")
+    axes[0].set_xlabel("optimizer step")
+    axes[0].set_ylabel("token cross-entropy (nats)")
+    axes[0].set_title("Loss")
+    if axes[0].get_lines():
+        axes[0].legend()
+    metrics = [m for m in (data.metric, "val/dice_mean", "val/precision_mean", "val/recall_mean") if m in log]
+    metrics = list(dict.fromkeys(metrics))
+    ceiling = _ceiling_metric(data)
+    x_epoch = "epoch" if "epoch" in log else x_step
+    for m in metrics:
+        part = log[[x_epoch, m]].dropna()
+        if len(part):
+            axes[1].plot(part[x_epoch], part[m], marker="o", label=metric_label(m))
+    if ceiling and ceiling in log:
+        part = log[[x_epoch, ceiling]].dropna()
+        if len(part):
+            axes[1].plot(part[x_epoch], part[ceiling], ls="--", color="#777", label=metric_label(ceiling))
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("score (0–1, validation set)")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_title("Validation metrics")
+    if axes[1].get_lines():
+        axes[1].legend(loc="best")
+        epochs = log[x_epoch].dropna() if x_epoch else pd.Series(dtype=float)
+        if len(epochs) and epochs.max() < 12:
+            axes[1].set_xticks(sorted({int(e) for e in epochs}))
+    fig.suptitle(f"Training curves of the best trial #{number} ({data.label(number)})", fontsize=12, y=1.02)
+    caption = f"From the trial's Lightning CSV log `{_display_path(csv)}`."
+    if notes:
+        caption += " " + "; ".join(notes).capitalize() + "."
+    return _save(fig, path), caption
+
+
+def _predictions_png(trial_dir: Path | None) -> Path | None:
+    if trial_dir is None:
+        return None
+    found = [
+        p for p in trial_dir.rglob("val_predictions/epoch_*.png") if re.fullmatch(r"epoch_\d+\.png", p.name)
+    ]
+    if not found:
+        return None
+    return max(found, key=lambda p: (int(re.findall(r"\d+", p.name)[0]), p.stat().st_mtime))
+
+
+def _fig_history(data: _Data, style: _Style, path: Path) -> tuple[Path | None, str]:
+    plt = _plt()
+    f = data.frame[~data.frame["superseded"].astype(bool)].sort_values("number")
+    done = f[(f["state"] == "COMPLETE") & f[data.metric].notna()]
+    if done.empty:
+        return None, "No complete trial yet: no optimisation history."
+    others = [c for c, d in data.objectives if c != data.metric and c in f.columns and c != "value"]
+    panels = [data.metric, *others[:2]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels) + 1.5, 4.3), squeeze=False)
+    directions = dict(data.objectives)
+    for ax, metric in zip(axes[0], panels, strict=True):
+        d = done[done[metric].notna()] if metric in done else done.iloc[0:0]
+        for _, row in d.iterrows():
+            ax.plot(
+                row["number"],
+                float(row[metric]),
+                marker=style.marker(row),
+                color=style.color(row),
+                ls="",
+                ms=8,
+                mec="white",
+                mew=0.6,
+                zorder=3,
+            )
+        direction = directions.get(metric, data.direction if metric == data.metric else "maximize")
+        if len(d):
+            values = d[metric].astype(float)
+            best = values.cummax() if direction == "maximize" else values.cummin()
+            ax.step(d["number"], best, where="post", color="#222", lw=1.2, label=f"best so far ({direction})")
+        from matplotlib.transforms import blended_transform_factory
+
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        for _, row in f[f["state"] != "COMPLETE"].iterrows():
+            state = str(row["state"])
+            marker, color = {"FAIL": ("x", "#cf3a33"), "PRUNED": ("v", "#9aa3ab")}.get(
+                state, ("|", "#3b82c4")
+            )
+            ax.plot(
+                row["number"], 0.03, marker=marker, color=color, ms=8, mew=1.5, transform=trans, clip_on=False
+            )
+        ax.set_xlabel("trial number")
+        ax.set_ylabel(metric_label(metric))
+        ax.set_title(f"{_short_metric(metric)} by trial")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    from matplotlib.lines import Line2D
+
+    extra = [
+        Line2D([], [], color="#222", lw=1.2, label="best so far"),
+    ]
+    states = set(f["state"])
+    if "PRUNED" in states:
+        extra.append(Line2D([], [], marker="v", ls="", color="#9aa3ab", label="pruned / over budget"))
+    if "FAIL" in states:
+        extra.append(Line2D([], [], marker="x", ls="", color="#cf3a33", mew=1.5, label="failed"))
+    if states & {"RUNNING", "WAITING"}:
+        extra.append(Line2D([], [], marker="|", ls="", color="#3b82c4", label="running / queued"))
+    style.legend(axes[0][-1], extra, loc="upper left")
+    axes[0][-1].legend_.set_bbox_to_anchor((1.01, 1.0))
+    caption = (
+        f"{metric_label(data.metric)} of each complete trial in the order the sampler "
+        f"({data.sweep.get('sampler', 'unknown')}) ran them; the line is the best so far. Pruned, "
+        "over-budget and failed trials are marked on the axis."
+    )
+    return _save(fig, path), caption
+
+
+def _importances(data: _Data) -> tuple[dict[str, float] | None, str]:
+    """Parameter importances for the quality metric, or None and the reason there are none."""
+    import optuna
+
+    done = data.complete().dropna(subset=[data.metric])
+    if len(done) < 2:
+        return None, f"Parameter importances need at least two complete trials; this study has {len(done)}."
+    varying = [p for p in data.params if done[f"param_{p}"].astype(str).nunique() > 1]
+    if not varying:
+        return (
+            None,
+            "Parameter importances need a parameter that varies across the complete trials; none does.",
+        )
+    metric = data.metric
+    # Importance of the quality metric (a user attribute), whatever the study's objectives are. PED-ANOVA
+    # (Optuna's default since 4.x, no scikit-learn) ranks by the study's first direction: orient the target.
+    lower_better = data.study.directions[0].name == "MINIMIZE"
+    sign = 1.0 if (data.direction == "minimize") == lower_better else -1.0
+    values = {int(r["number"]): sign * float(r[metric]) for _, r in done.iterrows()}
+    evaluator_class = getattr(optuna.importance, "PedAnovaImportanceEvaluator", None)
+    evaluator = evaluator_class() if evaluator_class else optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = optuna.importance.get_param_importances(
+                data.study,
+                evaluator=evaluator,
+                params=varying,
+                target=lambda t: values.get(t.number, math.nan),
+            )
+    except Exception as err:  # noqa: BLE001 - optuna refuses some spaces; the report says why instead
+        return (
+            None,
+            f"Optuna could not compute parameter importances ({type(err).__name__}: {str(err).rstrip('.')}).",
+        )
+    result = {k: float(v) for k, v in result.items() if math.isfinite(float(v))}
+    if not result:
+        return None, "Optuna returned no finite parameter importance (every complete trial scores the same?)."
+    return result, ""
+
+
+def _fig_importances(data: _Data, importances: dict[str, float], path: Path) -> Path:
+    plt = _plt()
+    names = list(importances)[::-1]
+    vals = [importances[n] for n in names]
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(names) + 1.6))
+    bars = ax.barh(names, vals, color="#4c78a8")
+    ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], padding=3, fontsize=8.5)
+    ax.set_xlim(0, max(1.0, max(vals) * 1.15))
+    ax.set_xlabel(f"importance for {_short_metric(data.metric)} (normalised, sums to 1)")
+    ax.set_ylabel("parameter")
+    ax.set_title("Parameter importances")
+    ax.grid(axis="y", visible=False)
+    return _save(fig, path)
+
+
+# ===================================================================================== tables
+ABLATION_LEGEND = (
+    "*ceiling*: the same score for the ground truth decoded at token resolution; *tokens*: ground-truth "
+    "tokens per validation mask; *trunc %*: validation masks longer than `max_seq_len`; *peak MiB*: "
+    "estimated / measured peak training memory; *fits*: the budgets the estimate fits; *decode*: generation "
+    "time per validation image. Every recorded attribute: [trials.csv](trials.csv)."
+)
+
+
+def _ablation_table(data: _Data) -> _Table:
+    f = data.frame.sort_values("number")
+    rows, classes = [], []
+    metrics = [data.metric] + [
+        m for m, _ in data.objectives if m != data.metric and m in f.columns and m != "value"
+    ]
+    metrics += [
+        m
+        for m in (_ceiling_metric(data), "val/precision_mean", "val/recall_mean", "val/pq")
+        if m and m in f.columns and m not in metrics
+    ]
+    numeric = {"#"}
+    for _, r in f.iterrows():
+        status, css = _status(data, r)
+        number = int(r["number"])
+        row: dict[str, Any] = {"#": number}
+        for p in data.params:
+            value = r.get(f"param_{p}")
+            row[p] = (
+                f"{value:.3g}" if isinstance(value, float) and not float(value).is_integer() else _fmt(value)
+            )
+        row["status"] = status + (" — **best**" if number == data.best else "")
+        for m in metrics:
+            name = _short_metric(m) if m == data.metric else _column_name(m)
+            row[name] = _fmt(_finite(r.get(m)), 3)
+            numeric.add(name)
+        tokens = [_fmt(_finite(r.get(f"tokens_per_mask_{q}")), 1, whole=True) for q in ("p50", "p95", "max")]
+        fits = ", ".join(f"{float(b):g}" for b in _json_list(r.get("budgets_fit")))
+        if not fits and data.budgets and _finite(r.get("estimated_peak_mib")) is not None:
+            fits = "none"
+        peaks = [_fmt(_finite(r.get(k)), 1) for k in ("estimated_peak_mib", "measured_peak_mib")]
+        cells = {
+            "validity": _fmt(_finite(r.get("validity_rate")), 3),
+            "tokens p50 / p95 / max": " / ".join(tokens) if any(tokens) else "",
+            "trunc %": _fmt(_scaled(r.get("truncated_fraction"), 100), 1),
+            "vocab": _fmt(_finite(r.get("vocab_size")), 0, whole=True),
+            "max_seq_len": _fmt(_finite(r.get("max_seq_len")), 0, whole=True),
+            "params (M)": _fmt(_scaled(r.get("num_parameters"), 1e-6), 2),
+            "peak MiB est. / meas.": " / ".join(p or "–" for p in peaks) if any(peaks) else "",
+            "fits (MiB)": fits,
+            "train s": _fmt(_finite(r.get("train_seconds")), 1),
+            "decode ms/img": _fmt(_scaled(r.get("decode_seconds_per_image"), 1000), 1),
+        }
+        row.update(cells)
+        numeric.update(k for k in cells if k != "fits (MiB)")
+        rows.append(row)
+        classes.append(css + (" best" if number == data.best else ""))
+    table = pd.DataFrame(rows)
+    # Drop columns no trial filled (a study without budgets has no "fits", ...).
+    keep = [c for c in table.columns if c in ("#", "status") or (table[c].astype(str) != "").any()]
+    return _Table(table[keep] if len(table) else table, classes, numeric)
+
+
+def _column_name(metric: str) -> str:
+    key = metric.rpartition("/")[2]
+    if key.startswith("ceiling_"):
+        return f"{_short_metric(key[len('ceiling_') :])} ceiling"
+    return _short_metric(metric)
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ===================================================================================== report
+def _summary(doc: _Doc, data: _Data, options: ReportOptions) -> None:
+    study, sweep, f = data.study, data.sweep, data.frame
+    doc.section("Study", "study")
+    lines = [
+        f"* **study:** `{study.study_name}`" + (f" in `{options.storage}`" if options.storage else ""),
+    ]
+    if sweep.get("sweep_file"):
+        lines.append(
+            f"* **sweep file:** `{_display_path(Path(sweep['sweep_file']))}` "
+            f"(scale `{sweep.get('scale', '?')}`)"
+        )
+    if sweep.get("base"):
+        lines.append(f"* **base experiment:** `{_display_path(Path(sweep['base']))}`")
+    if sweep.get("params"):
+        knobs = ", ".join(f"`{k}` (`{v}`)" for k, v in sweep["params"].items())
+        lines.append(f"* **searched:** {knobs}")
+    objectives = ", ".join(f"`{m}` ({d})" for m, d in data.objectives)
+    lines.append(f"* **objectives:** {objectives}; quality shown in the plots: `{data.metric}`")
+    lines.append(
+        f"* **sampler / pruner:** {sweep.get('sampler', 'unknown')} / {sweep.get('pruner', 'unknown')}"
+    )
+    lines.append(
+        "* **memory budgets:** "
+        + (
+            ", ".join(f"{b:g} MiB" for b in data.budgets) + " (estimated peak training memory)"
+            if data.budgets
+            else "none"
+        )
+    )
+    active = f[~f["superseded"].astype(bool)] if len(f) else f
+    states = active["state"].value_counts().to_dict() if len(active) else {}
+    infeasible = int(active["infeasible"].astype(bool).sum()) if len(active) else 0
+    pruned = int(states.get("PRUNED", 0))
+    parts = [f"{states.get('COMPLETE', 0)} complete"]
+    if pruned:
+        parts.append(
+            f"{pruned} pruned ({infeasible} over every budget, not trained)"
+            if infeasible
+            else f"{pruned} pruned"
+        )
+    for state, word in (("FAIL", "failed"), ("RUNNING", "running"), ("WAITING", "queued")):
+        if states.get(state):
+            parts.append(f"{states[state]} {word}")
+    superseded = int(f["superseded"].astype(bool).sum()) if len(f) else 0
+    if superseded:
+        parts.append(f"{superseded} died and were retried")
+    lines.append(f"* **trials:** {len(f)} — " + ", ".join(parts))
+    grid_total, grid_done = _grid_progress(data)
+    if grid_total:
+        lines.append(f"* **grid:** {grid_done} of {grid_total} points finished")
+    doc.add(_Markdown("\n".join(lines)))
+    unfinished = states.get("RUNNING", 0) + states.get("WAITING", 0)
+    if unfinished or (grid_total and grid_done < grid_total):
+        doc.add(
+            _Para(
+                f"This study is **not finished** ({unfinished} trial(s) running or queued"
+                + (f", {grid_done}/{grid_total} grid points done" if grid_total else "")
+                + "): the report shows the trials finished so far; regenerate it when the sweep is done.",
+                "warn",
+            )
+        )
+    if states.get("FAIL"):
+        doc.add(
+            _Para(
+                f"**{states['FAIL']} trial(s) failed**; their errors are listed in [Failed trials](#failed).",
+                "warn",
+            )
+        )
+    if data.best is not None:
+        value = data.value(data.best, data.metric)
+        doc.add(
+            _Para(
+                f"**Best trial:** #{data.best} ({data.label(data.best)}): "
+                f"{metric_label(data.metric)} = {float(value):.4f}.",
+                "note",
+            )
+        )
+    else:
+        doc.add(_Para("No trial has completed yet, so there is no best trial.", "warn"))
+
+
+def _grid_progress(data: _Data) -> tuple[int, int]:
+    spaces = [
+        t.system_attrs.get("search_space") for t in data.trials.values() if t.system_attrs.get("search_space")
+    ]
+    if not spaces:
+        return 0, 0
+    total = math.prod(len(v) for v in spaces[0].values())
+    superseded = set(data.frame.loc[data.frame["superseded"].astype(bool), "number"].astype(int))
+    done = {
+        t.system_attrs.get("grid_id")
+        for t in data.trials.values()
+        if t.state.is_finished()
+        and t.number not in superseded
+        and "duplicate_of" not in t.user_attrs
+        and not t.user_attrs.get("interrupted")
+    }
+    return total, len(done - {None})
+
+
+def _budget_table(data: _Data) -> _Table | None:
+    if not data.budgets:
+        return None
+    done = data.complete().dropna(subset=[data.metric])
+    rows = []
+    for b in sorted(data.budgets):
+        fit = (
+            done[done["budgets_fit"].map(lambda v, b=b: any(abs(float(x) - b) < 1e-9 for x in _json_list(v)))]
+            if "budgets_fit" in done
+            else done.iloc[0:0]
+        )
+        if fit.empty:
+            rows.append(
+                {
+                    "budget (MiB)": f"{b:g}",
+                    "best trial": "none fits",
+                    data.metric: "",
+                    "configuration": "",
+                    "est. MiB": "",
+                    "decode ms/img": "",
+                }
+            )
+            continue
+        pick = fit[data.metric].idxmax() if data.direction == "maximize" else fit[data.metric].idxmin()
+        r = fit.loc[pick]
+        n = int(r["number"])
+        rows.append(
+            {
+                "budget (MiB)": f"{b:g}",
+                "best trial": f"#{n}",
+                _short_metric(data.metric): _fmt(float(r[data.metric]), 4),
+                "configuration": data.label(n),
+                "est. MiB": _fmt(_finite(r.get("estimated_peak_mib")), 1),
+                "decode ms/img": _fmt(_scaled(r.get("decode_seconds_per_image"), 1000), 1),
+                "fitting trials": str(len(fit)),
+            }
+        )
+    frame = pd.DataFrame(rows).fillna("")
+    return _Table(
+        frame,
+        numeric={"budget (MiB)", _short_metric(data.metric), "est. MiB", "decode ms/img", "fitting trials"},
+    )
+
+
+def _seq_table(data: _Data) -> _Table | None:
+    f = data.frame[~data.frame["superseded"].astype(bool) & data.frame["tokens_per_mask_p50"].notna()]
+    keys = [k for k in (data.encoding, data.resolution) if k]
+    if f.empty or not keys:
+        return None
+    f = f.assign(truncated_fraction=pd.to_numeric(f.get("truncated_fraction", np.nan), errors="coerce"))
+    agg = (
+        f.groupby([f"param_{k}" for k in keys])
+        .agg(
+            p50=("tokens_per_mask_p50", "median"),
+            p95=("tokens_per_mask_p95", "median"),
+            max=("tokens_per_mask_max", "max"),
+            max_seq_len=("max_seq_len", "max"),
+            vocab=("vocab_size", "median"),
+            truncated=("truncated_fraction", "max"),
+            trials=("number", "count"),
+        )
+        .reset_index()
+        .rename(columns={f"param_{k}": k for k in keys})
+    )
+    agg = agg.sort_values(keys[::-1], key=lambda s: s.map(lambda v: _natural_key(str(v))))
+    out = pd.DataFrame({k: agg[k].astype(str) for k in keys})
+    for name, column in (("tokens p50", "p50"), ("tokens p95", "p95"), ("tokens max", "max")):
+        out[name] = agg[column].map(lambda v: _fmt(_finite(v), 1, whole=True))
+    out["max_seq_len"] = agg["max_seq_len"].map(lambda v: _fmt(_finite(v), 0, whole=True))
+    out["truncated %"] = agg["truncated"].map(lambda v: _fmt(_scaled(v, 100), 1))
+    out["vocab"] = agg["vocab"].map(lambda v: _fmt(_finite(v), 0, whole=True))
+    out["trials"] = agg["trials"].astype(str)
+    return _Table(out, numeric=set(out.columns) - set(keys))
+
+
+def _clean_figures(fig_dir: Path) -> None:
+    if fig_dir.is_dir():
+        for p in fig_dir.glob("*.png"):
+            if p.name.startswith(FIGURE_PREFIXES):
+                p.unlink()
+
+
+def write_report(study: Any, out: str | Path, options: ReportOptions | None = None) -> ReportResult:
+    """Write ``report.md``, ``report.html``, ``trials.csv`` and ``figures/*.png`` for ``study`` into ``out``.
+
+    Args:
+        study: an ``optuna.Study`` (typically from :func:`load_study`), finished or not.
+        out: the report folder (created).
+        options: title, notes, the regenerating command, ... (see :class:`ReportOptions`).
+
+    Returns:
+        The paths written and the section anchors the report holds.
+
+    >>> study = load_study("runs/sweeps/encodings/cpu/study.db")  # doctest: +SKIP
+    >>> write_report(study, "reports/encodings", ReportOptions(title="Encodings")).markdown  # doctest: +SKIP
+    PosixPath('reports/encodings/report.md')
+    """
+    options = options or ReportOptions()
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    _clean_figures(fig_dir)
+    data = _gather(study, options)
+    style = _Style(data)
+    title = options.title or f"Sweep report: {study.study_name}"
+    doc = _Doc()
+    figures: list[Path] = []
+
+    def figure(result: tuple[Path | None, str]) -> None:
+        path, caption = result
+        if path is None:
+            doc.add(_Para(caption, "note"))
+        else:
+            figures.append(path)
+            doc.add(_Figure(path, caption))
+
+    doc.add(_Heading(1, title))
+    command = options.command or f"rleseg report --study STORAGE --name {study.study_name} --out {out}"
+    doc.add(_Para("Generated by `rleseg report` from the Optuna study; regenerate it with:"))
+    doc.add(_Code(command))
+    _summary(doc, data, options)
+
+    if options.notes and options.notes.strip():
+        notes = options.notes.strip()
+        if not notes.startswith("#"):
+            doc.section("Notes", "notes")
+        else:
+            doc.sections.append("notes")
+        doc.add(_Markdown(notes))
+
+    # ---- the ablation table
+    doc.section("Ablation table", "ablation")
+    if data.frame.empty:
+        doc.add(_Para("The study has no trials yet.", "note"))
+    else:
+        doc.add(
+            _Para(
+                f"One row per trial. **{_short_metric(data.metric)}** is `{data.metric}`; " + ABLATION_LEGEND
+            )
+        )
+        doc.add(_ablation_table(data))
+
+    # ---- sequence lengths
+    doc.section("Sequence length per encoding and resolution", "sequence-length")
+    figure(_fig_sequence_lengths(data, style, fig_dir / "sequence_lengths.png"))
+    seq = _seq_table(data)
+    if seq is not None:
+        doc.add(
+            _Para(
+                "The same per encoding and resolution (median over trials of p50 / p95; the largest maximum):"
+            )
+        )
+        doc.add(seq)
+
+    # ---- quality vs vocabulary / tokens
+    doc.section("Quality vs vocabulary size and tokens per mask", "quality-vs-size")
+    figure(_fig_quality_vs_size(data, style, fig_dir / "quality_vs_vocab_and_tokens.png"))
+
+    # ---- Pareto fronts
+    doc.section("Pareto fronts under the memory budgets", "pareto")
+    budgets: list[float | None] = list(sorted(data.budgets)) or [None]
+    for b in budgets:
+        name = f"pareto_{f'{b:g}'.replace('.', 'p')}mib.png" if b is not None else "pareto.png"
+        doc.add(_Heading(3, f"Budget {b:g} MiB" if b is not None else "No memory budget"))
+        figure(_fig_pareto(data, style, b, fig_dir / name))
+    budget_table = _budget_table(data)
+    if budget_table is not None:
+        doc.add(_Heading(3, "Best trial under each budget"))
+        doc.add(budget_table)
+
+    # ---- the best trial
+    doc.section("The best trial", "best")
+    if data.best is None:
+        doc.add(_Para("No complete trial yet.", "note"))
+    else:
+        n = data.best
+        trial_dir = data.trial_dirs.get(n)
+        doc.add(
+            _Para(
+                f"Trial #{n} ({data.label(n)}), best by `{data.metric}` ({data.direction})"
+                + (
+                    f"; its files are in `{_display_path(trial_dir)}`"
+                    if trial_dir
+                    else "; its trial folder was not found"
+                )
+                + (
+                    f", and `rleseg fit --config {_display_path(trial_dir / 'config.yaml')}` reproduces it."
+                    if trial_dir and (trial_dir / "config.yaml").is_file()
+                    else "."
+                )
+            )
+        )
+        doc.add(_Heading(3, "Per-class precision, recall and Dice"))
+        scores = _per_class(data, n)
+        if scores.empty:
+            doc.add(_Para("The trial recorded no per-class metrics (`val/dice_<class>`, ...).", "note"))
+        else:
+            path = _fig_per_class(data, n, scores, fig_dir / "best_per_class.png")
+            figures.append(path)
+            doc.add(
+                _Figure(
+                    path,
+                    f"Per-class scores of trial #{n} on the validation set (SPEC §8: each class averaged "
+                    "over the images where it is in the ground truth or the prediction).",
+                )
+            )
+            shown = scores.copy()
+            shown.columns = [METRIC_NAMES.get(c, c) for c in shown.columns]
+            shown = shown.map(lambda v: _fmt(v, 3)).reset_index(names="class")
+            doc.add(_Table(shown, numeric=set(shown.columns) - {"class"}))
+        doc.add(_Heading(3, "Training curves"))
+        csv = _metrics_csv(trial_dir)
+        if csv is None:
+            doc.add(_Para("No `metrics.csv` found in the trial's folder: no training curves.", "note"))
+        else:
+            figure(_fig_training_curves(data, n, csv, fig_dir / "best_training_curves.png"))
+        doc.add(_Heading(3, "Sample predictions"))
+        png = _predictions_png(trial_dir)
+        if png is None:
+            doc.add(
+                _Para(
+                    "No `val_predictions/epoch_*.png` in the trial's folder: no sample predictions.", "note"
+                )
+            )
+        else:
+            target = fig_dir / "best_predictions.png"
+            shutil.copyfile(png, target)
+            figures.append(target)
+            doc.add(
+                _Figure(
+                    target,
+                    f"Validation samples of trial #{n} after its last epoch ({png.stem.replace('_', ' ')}): "
+                    "image | ground truth | prediction, classes as colours.",
+                )
+            )
+
+    # ---- optimisation history and importances
+    doc.section("Optimisation history and parameter importances", "history")
+    figure(_fig_history(data, style, fig_dir / "optimization_history.png"))
+    importances, why = _importances(data)
+    if importances is None:
+        doc.add(_Para(why, "note"))
+    else:
+        import optuna
+
+        evaluator_name = (
+            "PED-ANOVA" if hasattr(optuna.importance, "PedAnovaImportanceEvaluator") else "fANOVA"
+        )
+        path = _fig_importances(data, importances, fig_dir / "param_importances.png")
+        figures.append(path)
+        doc.add(
+            _Figure(
+                path,
+                f"How much each parameter matters for {_short_metric(data.metric)} over the complete trials "
+                f"(Optuna's {evaluator_name}). With few trials this is a rough indication only.",
+            )
+        )
+
+    # ---- failures
+    failed = data.frame[data.frame["state"] == "FAIL"] if len(data.frame) else data.frame
+    if len(failed):
+        doc.section("Failed trials", "failed")
+        rows = []
+        for _, r in failed.iterrows():
+            t = data.trials[int(r["number"])]
+            error = str(
+                t.user_attrs.get("error") or "no error recorded (the process died; see its heartbeat)"
+            )
+            log = t.user_attrs.get("error_log") or t.user_attrs.get("log_path") or ""
+            rows.append(
+                {
+                    "#": int(r["number"]),
+                    "configuration": data.label(int(r["number"])),
+                    "error": error.splitlines()[0][:300],
+                    "retried": "yes" if bool(r.get("superseded")) else "no",
+                    "log": f"`{_display_path(Path(log))}`" if log else "",
+                }
+            )
+        doc.add(_Table(pd.DataFrame(rows), classes=["fail"] * len(rows), numeric={"#"}))
+
+    from rleseg.sweep import export_trials
+
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "trials.csv"
+    export_trials(study, csv_path)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(_to_markdown(doc, title, out))
+    html_path.write_text(_to_html(doc, title))
+    return ReportResult(md_path, html_path, csv_path, figures, doc.sections)
