@@ -1,0 +1,447 @@
+"""``rleseg report``: a report from a tiny hand-made study (no training), its sections, figures, embedded
+HTML images, partly finished and failed studies, and the command's errors. One end-to-end test on a real
+2-trial sweep is behind the ``slow`` marker."""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from rleseg.cli import main
+from rleseg.report import (
+    ReportError,
+    ReportOptions,
+    _markdown_html,
+    load_study,
+    metric_label,
+    pareto_front,
+    resolve_storage,
+    write_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DIST = {"tokenizer": CategoricalDistribution(["lac", "mc"]), "subsample": CategoricalDistribution([4, 8])}
+CLASSES = ("top", "bottom_or_dress")
+SWEEP = {
+    "name": "tiny",
+    "scale": "cpu",
+    "sweep_file": "sweeps/tiny.yaml",
+    "base": "experiments/quickstart.yaml",
+    "params": {
+        "tokenizer": "data.init_args.tokenizer",
+        "subsample": "data.init_args.tokenizer_args.subsample",
+    },
+    "objectives": [["val/dice_mean", "maximize"]],
+    "budgets_mib": [16.0, 32.0],
+    "sampler": "grid",
+    "pruner": "none",
+    "fingerprint": "0123456789abcdef",
+}
+GRID = {"tokenizer": ["lac", "mc"], "subsample": [4, 8]}
+
+#: Every figure the full report must hold.
+FIGURES = {
+    "sequence_lengths.png",
+    "quality_vs_vocab_and_tokens.png",
+    "pareto_16mib.png",
+    "pareto_32mib.png",
+    "best_per_class.png",
+    "best_training_curves.png",
+    "best_predictions.png",
+    "optimization_history.png",
+    "param_importances.png",
+}
+SECTIONS = {
+    "study": "## Study",
+    "notes": "## Conclusions",
+    "ablation": "## Ablation table",
+    "sequence-length": "## Sequence length per encoding and resolution",
+    "quality-vs-size": "## Quality vs vocabulary size and tokens per mask",
+    "pareto": "## Pareto fronts under the memory budgets",
+    "best": "## The best trial",
+    "history": "## Optimisation history and parameter importances",
+    "failed": "## Failed trials",
+}
+
+
+# ------------------------------------------------------------------------------------- the study
+def _png(path: Path, seed: int, size: tuple[int, int] = (24, 36)) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _trial_dir(root: Path, number: int, dice: float) -> Path:
+    """What a trained trial leaves behind: config, Lightning CSV log, validation prediction grids."""
+    tdir = root / f"trial_{number:04d}"
+    logs = tdir / "logs"
+    logs.mkdir(parents=True)
+    (tdir / "config.yaml").write_text(
+        "data:\n  init_args:\n    source_args: {canvas: 64}\n    tokenizer_args: {subsample: 4}\n"
+    )
+    lines = [
+        "epoch,step,train/loss,val/loss,val/dice_mean,val/precision_mean,val/recall_mean,val/ceiling_dice_mean"
+    ]
+    for epoch in range(3):
+        for k in range(2):
+            lines.append(f"{epoch},{epoch * 10 + 5 * k + 4},{4.0 - epoch - 0.3 * k},,,,,")
+        d = dice * (epoch + 1) / 3
+        lines.append(f"{epoch},{epoch * 10 + 9},,{3.9 - epoch},{d},{d + 0.05},{d - 0.05},0.85")
+    (logs / "metrics.csv").write_text("\n".join(lines) + "\n")
+    _png(logs / "val_predictions" / "epoch_000.png", seed=number)
+    _png(logs / "val_predictions" / "epoch_002.png", seed=100 + number, size=(30, 45))
+    return tdir
+
+
+def _record(number: int, root: Path, dice: float, est: float, tokenizer: str, subsample: int) -> dict:
+    p50 = {"lac": 20.0, "mc": 30.0}[tokenizer] * (8 / subsample)
+    record = {
+        "worker": "host:1",
+        "config_path": str(root / f"trial_{number:04d}" / "config.yaml"),
+        "estimated_peak_mib": est,
+        "measured_peak_mib": est * 1.02,
+        "budgets_fit": [b for b in SWEEP["budgets_mib"] if est <= b],
+        "budget_mib": 32.0,
+        "infeasible": False,
+        "num_parameters": 360_000,
+        "vocab_size": {4: 310, 8: 94}[subsample] + (0 if tokenizer == "lac" else -20),
+        "max_seq_len": int(p50 * 4),
+        "tokens_per_mask_p50": p50,
+        "tokens_per_mask_p95": p50 * 1.8,
+        "tokens_per_mask_max": p50 * 2.2,
+        "tokens_per_mask_mean": p50 * 1.1,
+        "truncated_fraction": 0.0,
+        "train_seconds": 12.5,
+        "decode_seconds_per_image": 0.05 * (8 / subsample),
+        "validity_rate": 0.98,
+        "val/dice_mean": dice,
+        "val/precision_mean": dice + 0.05,
+        "val/recall_mean": dice - 0.05,
+        "val/ceiling_dice_mean": 0.85,
+    }
+    for c, name in enumerate(CLASSES):
+        for key in ("precision", "recall", "dice", "iou"):
+            record[f"val/{key}_{name}"] = round(dice + 0.1 * c - (0.05 if key == "iou" else 0.0), 4)
+    return record
+
+
+def _add(study: optuna.Study, state: TrialState, params: dict, grid_id: int, value=None, attrs=None) -> None:
+    study.add_trial(
+        create_trial(
+            state=state,
+            value=value,
+            params=params,
+            distributions={k: DIST[k] for k in params},
+            user_attrs=attrs or {},
+            system_attrs={"grid_id": grid_id, "search_space": GRID},
+        )
+    )
+
+
+def make_study(root: Path, name: str = "tiny-cpu", full: bool = True) -> optuna.Study:
+    """Trials: 0 COMPLETE (best), 1 COMPLETE (fits the larger budget only), 2 PRUNED over every budget,
+    3 FAILED; with ``full=False`` only trial 0 and a RUNNING trial (a partly finished grid)."""
+    root.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=name, storage=f"sqlite:///{root / 'study.db'}", direction="maximize", load_if_exists=True
+    )
+    study.set_user_attr("sweep", SWEEP)
+    study.set_user_attr("budgets_mib", SWEEP["budgets_mib"])
+    _trial_dir(root, 0, 0.61)
+    _add(
+        study,
+        TrialState.COMPLETE,
+        {"tokenizer": "lac", "subsample": 4},
+        0,
+        0.61,
+        _record(0, root, 0.61, 12.0, "lac", 4),
+    )
+    if not full:
+        study.ask(fixed_distributions={k: v for k, v in DIST.items()})  # RUNNING
+        return study
+    _trial_dir(root, 1, 0.42)
+    _add(
+        study,
+        TrialState.COMPLETE,
+        {"tokenizer": "mc", "subsample": 8},
+        1,
+        0.42,
+        _record(1, root, 0.42, 20.0, "mc", 8),
+    )
+    over = {
+        "config_path": str(root / "trial_0002" / "config.yaml"),
+        "estimated_peak_mib": 40.5,
+        "budgets_fit": [],
+        "budget_mib": 32.0,
+        "infeasible": True,
+        "vocab_size": 290,
+        "max_seq_len": 256,
+        "num_parameters": 360_000,
+    }
+    _add(study, TrialState.PRUNED, {"tokenizer": "mc", "subsample": 4}, 2, None, over)
+    failed = {"error": "RuntimeError: boom in the decoder\ntraceback ...", "estimated_peak_mib": 9.0}
+    _add(study, TrialState.FAIL, {"tokenizer": "lac", "subsample": 8}, 3, None, failed)
+    return study
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int, str]:
+    """The full study reported once through the command line (with a title and notes)."""
+    tmp = tmp_path_factory.mktemp("report")
+    make_study(tmp / "sweep")
+    notes = tmp / "notes.md"
+    notes.write_text(
+        "## Conclusions\n\nLAC **holds** its quality at `s=4`.\n\n* first point\n* second point\n\n"
+        "| encoding | verdict |\n|---|---|\n| lac | holds |\n"
+    )
+    out = tmp / "reports" / "tiny"
+    rc = main(
+        [
+            "report",
+            "--study",
+            str(tmp / "sweep" / "study.db"),
+            "--out",
+            str(out),
+            "--title",
+            "Tiny ablation",
+            "--notes",
+            str(notes),
+        ]
+    )
+    return tmp, out, rc, notes.read_text()
+
+
+# ------------------------------------------------------------------------------------- the report
+def test_report_writes_every_section_and_figure(full_report):
+    tmp, out, rc, _ = full_report
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    for heading in SECTIONS.values():
+        assert re.search(rf"^{re.escape(heading)}$", md, re.M), heading
+    figures = {p.name: p for p in (out / "figures").glob("*.png")}
+    assert set(figures) == FIGURES
+    for name, path in figures.items():
+        width, height = _png_size(path)
+        if name != "best_predictions.png":  # a copy of the trial's own grid (small here)
+            assert width > 300 and height > 200 and path.stat().st_size > 5000, path
+    # Every figure is linked relatively, and every link points at a file.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {Path(link).name for link in links} == FIGURES
+    assert all(link.startswith("figures/") and (out / link).is_file() for link in links)
+    assert (out / "trials.csv").read_text().startswith("number,state,superseded")
+
+
+def test_report_top_holds_the_regenerating_command(full_report):
+    tmp, out, _, _ = full_report
+    lines = (out / "report.md").read_text().splitlines()
+    assert lines[0] == "# Tiny ablation"
+    command = next(line for line in lines[:8] if line.startswith("rleseg report"))
+    assert f"--study {tmp / 'sweep' / 'study.db'}" in command and "--name tiny-cpu" in command
+    assert f"--out {out}" in command and "--title 'Tiny ablation'" in command and "--notes" in command
+
+
+def test_report_table_states_and_best_trial(full_report):
+    _, out, _, _ = full_report
+    md = (out / "report.md").read_text()
+    table = md.split("## Ablation table", 1)[1].split("\n## ", 1)[0]
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"^\| (\d+) \|.*$", table, re.M)}
+    assert sorted(rows) == [0, 1, 2, 3]
+    assert "complete — **best**" in rows[0] and "0.610" in rows[0] and "16, 32" in rows[0]
+    assert "complete" in rows[1] and "**best**" not in rows[1] and "| 32 |" in rows[1]
+    assert "over budget: est. 40.5 > 32 MiB, not trained" in rows[2] and "| none |" in rows[2]
+    assert "failed: RuntimeError: boom in the decoder" in rows[3] and "traceback" not in rows[3]
+    assert "40 / 72 / 88" in rows[0]  # tokens per mask p50 / p95 / max
+    assert "**trials:** 4 — 2 complete, 1 pruned (1 over every budget, not trained), 1 failed" in md
+    assert "**Best trial:** #0 (tokenizer=lac, subsample=4)" in md
+    # Per-class table of the best trial, its per-budget winners, and the failure with its error.
+    assert "| bottom_or_dress | 0.710 | 0.710 | 0.710 | 0.660 |" in md
+    budgets = md.split("### Best trial under each budget", 1)[1]
+    assert re.search(r"^\| 16 \| #0 \| 0\.6100 \|", budgets, re.M) and re.search(
+        r"^\| 32 \| #0 \|", budgets, re.M
+    )
+    failed = md.split("## Failed trials", 1)[1]
+    assert "| 3 | tokenizer=lac, subsample=8 | RuntimeError: boom in the decoder |" in failed
+
+
+def test_report_sample_predictions_are_the_last_epoch(full_report):
+    tmp, out, _, _ = full_report
+    last = tmp / "sweep" / "trial_0000" / "logs" / "val_predictions" / "epoch_002.png"
+    assert (out / "figures" / "best_predictions.png").read_bytes() == last.read_bytes()
+    assert "after its last epoch (epoch 002)" in (out / "report.md").read_text()
+
+
+def test_html_is_self_contained(full_report):
+    _, out, _, notes = full_report
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page and page.rstrip().endswith("</html>")
+    embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    figures = {p.read_bytes() for p in (out / "figures").glob("*.png")}
+    assert len(embedded) == len(FIGURES) and {base64.b64decode(e) for e in embedded} == figures
+    assert "figures/" not in re.sub(r"<code>.*?</code>", "", page)  # no image refers to a file
+    # Tables, status colours, the notes rendered as HTML.
+    assert page.count("<table>") >= 5 and 'class="infeasible"' in page and 'class="fail"' in page
+    assert "<strong>holds</strong>" in page and "<li>second point</li>" in page and "<td>holds</td>" in page
+    assert "LAC" in notes and "<h2>Conclusions</h2>" in page
+
+
+def test_partly_finished_study_says_so(tmp_path: Path):
+    study = make_study(tmp_path / "sweep", full=False)
+    result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
+    md = result.markdown.read_text()
+    assert "This study is **not finished** (1 trial(s) running or queued, 1/4 grid points done)" in md
+    assert "Parameter importances need at least two complete trials; this study has 1." in md
+    assert "| running |" in md and "## Failed trials" not in md
+    names = {p.name for p in result.figures}
+    assert "best_per_class.png" in names and "param_importances.png" not in names
+    assert all(p.is_file() and p.stat().st_size > 0 for p in result.figures)
+    assert result.sections[:2] == ["study", "ablation"]
+
+
+def test_study_without_complete_trials_or_sweep_attributes(tmp_path: Path):
+    """A plain Optuna study (no rleseg sweep attributes) whose only trial failed: sentences, no crash."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="plain")
+    _add(study, TrialState.FAIL, {"tokenizer": "mc"}, 0, None, {"error": "ValueError: bad"})
+    result = write_report(study, tmp_path / "out")
+    md = result.markdown.read_text()
+    assert "No trial has completed yet, so there is no best trial." in md
+    assert "No complete trial yet: no optimisation history." in md
+    assert "failed: ValueError: bad" in md and result.figures == []
+    empty = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="empty")
+    assert "The study has no trials yet." in write_report(empty, tmp_path / "out2").markdown.read_text()
+
+
+def test_rewriting_removes_stale_figures(tmp_path: Path):
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "pareto_999mib.png").write_bytes(b"old")
+    (out / "figures" / "mine.png").write_bytes(b"keep")  # not a report figure: left alone
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="empty")
+    write_report(study, out)
+    assert not (out / "figures" / "pareto_999mib.png").exists() and (out / "figures" / "mine.png").exists()
+
+
+# ------------------------------------------------------------------------------------- the command
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.err
+
+
+def test_command_errors_are_readable(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = str(tmp_path / "out")
+    rc, err = _run(["report", "--study", str(tmp_path / "missing.db"), "--out", out], capsys)
+    assert rc == 2 and "rleseg report: error: no study database at" in err and "missing.db" in err
+    assert not (tmp_path / "missing.db").exists()  # never creates an empty database
+
+    for name in ("encodings-cpu", "encodings-gpu"):
+        optuna.create_study(storage=f"sqlite:///{tmp_path / 'two.db'}", study_name=name)
+    db = str(tmp_path / "two.db")
+    rc, err = _run(["report", "--study", db, "--out", out], capsys)
+    assert rc == 2 and "holds 2 studies; choose one with --name: ['encodings-cpu', 'encodings-gpu']" in err
+    rc, err = _run(["report", "--study", f"sqlite:///{db}", "--name", "encodings-cpy", "--out", out], capsys)
+    assert rc == 2 and "no study 'encodings-cpy'" in err and "did you mean 'encodings-cpu'?" in err
+    assert "studies there: ['encodings-cpu', 'encodings-gpu']" in err
+    rc, err = _run(
+        ["report", "--study", db, "--name", "encodings-gpu", "--out", out, "--notes", "nope.md"], capsys
+    )
+    assert rc == 2 and "--notes 'nope.md': no such file" in err
+    rc, err = _run(
+        ["report", "--study", db, "--name", "encodings-gpu", "--out", out, "--metric", "val/x"], capsys
+    )
+    assert rc == 2 and "--metric 'val/x' was not recorded by any trial" in err
+    assert "Traceback" not in err and not Path(out, "report.md").exists()
+
+    (tmp_path / "empty.db").write_bytes(b"")
+    with pytest.raises(ReportError, match="holds no study"):
+        load_study(str(tmp_path / "empty.db"))
+    with pytest.raises(FileNotFoundError, match="no study database"):
+        resolve_storage(f"sqlite:///{tmp_path / 'nope.db'}")
+
+
+def test_command_accepts_a_folder_and_a_url(tmp_path: Path, capsys: pytest.CaptureFixture):
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="only")
+    assert resolve_storage(str(tmp_path)) == f"sqlite:///{(tmp_path / 'study.db').resolve()}"
+    assert load_study(str(tmp_path)).study_name == "only"  # one study: --name is optional
+    assert resolve_storage("postgresql://user@host/db") == "postgresql://user@host/db"
+
+
+# ------------------------------------------------------------------------------------- helpers
+def test_pareto_front():
+    assert pareto_front([10.0, 20.0, 30.0, 40.0], [0.5, 0.4, 0.8, 0.7]) == [0, 2]
+    assert pareto_front([1.0, 1.0, 2.0], [0.3, 0.5, 0.5]) == [1]  # ties: the cheaper-or-better one only
+    assert pareto_front([float("nan"), 2.0, 3.0], [0.9, 0.1, float("inf")]) == [1]
+    assert pareto_front([], []) == []
+
+
+def test_metric_labels_and_notes_markdown():
+    assert metric_label("val/dice_mean") == "Dice (val, mean over classes)"
+    assert metric_label("val/pq") == "PQ (val)"
+    page = _markdown_html(
+        "# Title\n\ntext with `a|b` and [link](x.html)\n\n```\n<code>\n```\n\n1. one\n2. two"
+    )
+    assert "<h1>Title</h1>" in page and "<code>a|b</code>" in page and '<a href="x.html">link</a>' in page
+    assert "<pre><code>&lt;code&gt;</code></pre>" in page and "<ol><li>one</li><li>two</li></ol>" in page
+
+
+# ------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_report_of_a_real_two_trial_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real (tiny) sweep trains two trials; the report reads their study, logs and prediction grids."""
+    import yaml
+
+    from rleseg.sweep import SweepSpec, run_sweep
+
+    monkeypatch.setenv("RLESEG_DATA_DIR", str(ROOT / "data_cache"))
+    monkeypatch.setattr("sys.argv", ["rleseg"])  # LightningCLI reads args=..., not pytest's argv
+    spec = SweepSpec.from_dict(
+        yaml.safe_load(
+            f"""
+            name: e2e
+            base: {ROOT / "experiments" / "quickstart.yaml"}
+            search_space: {{data.init_args.tokenizer: [mc, lac]}}
+            budgets_mib: [4096]
+            runner: inline
+            output_dir: {tmp_path / "sweep"}
+            overrides:
+              trainer.max_epochs: 1
+              data.init_args.limit_train: 8
+              data.init_args.limit_val: 4
+              data.init_args.batch_size: 4
+              data.init_args.tokenizer_args.subsample: 8
+              model.init_args.d_model: 32
+              model.init_args.mlp_dim: 64
+              model.init_args.encoder_layers: 1
+              model.init_args.decoder_layers: 1
+            """
+        )
+    )
+    run_sweep(spec, log=lambda line: None)
+    out = tmp_path / "report"
+    assert main(["report", "--study", str(tmp_path / "sweep" / "study.db"), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert {
+        "best_per_class.png",
+        "best_training_curves.png",
+        "best_predictions.png",
+        "pareto_4096mib.png",
+    } <= names
+    assert "**trials:** 2 — 2 complete" in md and md.count("data:image/png;base64,") == 0
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == len(names)
