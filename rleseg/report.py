@@ -459,9 +459,22 @@ _Block = _Heading | _Para | _Code | _Table | _Figure | _Markdown
 
 
 class _Doc:
-    def __init__(self) -> None:
+    """The report as blocks, rendered twice (Markdown, HTML); figures are written as they are added."""
+
+    def __init__(self, fig_dir: Path) -> None:
         self.blocks: list[_Block] = []
         self.sections: list[str] = []
+        self.fig_dir = fig_dir
+        self.figures: list[Path] = []
+
+    def figure(self, result: tuple[Path | None, str]) -> None:
+        """Add a ``(path, caption)`` figure, or the caption alone as a note when there is no figure."""
+        path, caption = result
+        if path is None:
+            self.add(_Para(caption, "note"))
+        else:
+            self.figures.append(path)
+            self.add(_Figure(path, caption))
 
     def section(self, text: str, anchor: str) -> None:
         self.sections.append(anchor)
@@ -740,17 +753,25 @@ class _Style:
 
         self.data = data
         enc = data.encoding
-        encs = (
-            sorted({str(v) for v in data.frame.get(f"param_{enc}", pd.Series(dtype=str)).dropna()})
-            if enc
-            else []
-        )
+        # Encodings in the sweep file's order (the search space's choices), not alphabetically.
+        encs = [str(v) for v in self._values(enc)] if enc else []
         cmap = matplotlib.colormaps["tab10"]
         self.colors = {e: cmap(i % 10) for i, e in enumerate(encs)}
         res = data.resolution
-        values = data.frame.get(f"param_{res}", pd.Series(dtype=float)).dropna().unique() if res else []
-        self.res_values = sorted(values, key=lambda v: _natural_key(str(v)))
+        self.res_values = sorted(self._values(res), key=lambda v: _natural_key(str(v))) if res else []
         self.markers = {str(v): _MARKERS[i % len(_MARKERS)] for i, v in enumerate(self.res_values)}
+
+    def _values(self, param: str) -> list[Any]:
+        """The values of ``param`` the trials hold, in the order of the search space's choices."""
+        present = list(dict.fromkeys(self.data.frame.get(f"param_{param}", pd.Series(dtype=object)).dropna()))
+        choices: list[Any] = []
+        for t in self.data.trials.values():
+            dist = t.distributions.get(param)
+            if dist is not None and hasattr(dist, "choices"):
+                choices = list(dist.choices)
+                break
+        rank = {str(c): i for i, c in enumerate(choices)}
+        return sorted(present, key=lambda v: (rank.get(str(v), len(rank)), _natural_key(str(v))))
 
     def encoding(self, row: pd.Series) -> str:
         enc = self.data.encoding
@@ -875,14 +896,11 @@ def _fig_sequence_lengths(data: _Data, style: _Style, path: Path) -> tuple[Path 
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([_resolution_tick(data, g) for g in groups] if res else ["all trials"])
     ax.set_xlim(-0.6, len(groups) - 0.4)
-    if (
-        seen_lengths
-        and max(seen_lengths)
-        / max(min(v for v in seen_lengths if v > 0) if any(v > 0 for v in seen_lengths) else 1, 1)
-        > 30
-    ):
-        ax.set_yscale("log")
-    ax.set_ylim(bottom=0 if ax.get_yscale() == "linear" else None)
+    positive = [v for v in seen_lengths if v > 0]
+    if positive and max(positive) / min(positive) > 30:
+        _plain_log(ax.yaxis)  # s = 2 vs s = 8 differ 16x in length: a linear axis hides the short ones
+    else:
+        ax.set_ylim(bottom=0)
     ax.set_xlabel(
         "mask resolution: subsampling factor s (token mask = image size / s)"
         if res == "subsample"
@@ -910,6 +928,19 @@ def _fig_sequence_lengths(data: _Data, style: _Style, path: Path) -> tuple[Path 
             f" {untrained} trial(s) were not trained (over budget or not finished): only their `max_seq_len`."
         )
     return _save(fig, path), caption
+
+
+def _plain_log(axis: Any) -> None:
+    """A log axis labelled 20, 50, 100, 200 ... rather than 2×10¹ (readers compare lengths, not powers)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if axis is axis.axes.xaxis:
+        axis.axes.set_xscale("log")
+    else:
+        axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _fig_quality_vs_size(data: _Data, style: _Style, path: Path) -> tuple[Path | None, str]:
@@ -946,7 +977,7 @@ def _fig_quality_vs_size(data: _Data, style: _Style, path: Path) -> tuple[Path |
             data_x = np.concatenate([np.asarray(line.get_xdata(), dtype=float) for line in xs])
             data_x = data_x[np.isfinite(data_x) & (data_x > 0)]
             if len(data_x) and data_x.max() / data_x.min() > 8:
-                ax.set_xscale("log")
+                _plain_log(ax.xaxis)
     axes[0].set_xlabel("vocabulary size (tokens)")
     axes[1].set_xlabel("tokens per mask (median; bar to p95)")
     axes[0].set_ylabel(metric_label(data.metric))
@@ -1058,12 +1089,29 @@ def _fig_pareto(data: _Data, style: _Style, budget: float | None, path: Path) ->
                 )
         if what == "memory":
             trans = blended_transform_factory(ax.transData, ax.transAxes)
+            xs_untrained = []
             for _, r in untrained.iterrows():
                 x = _finite(r.get("estimated_peak_mib"))
                 if x is not None:
-                    ax.plot(
-                        x, 0.03, transform=trans, marker="x", color="#9aa3ab", ms=8, mew=1.5, clip_on=False
+                    xs_untrained.append(x)
+                    ax.plot(x, 0.03, transform=trans, marker="x", color="#9aa3ab", ms=8, mew=1.5)
+                    ax.annotate(
+                        f"#{int(r['number'])}",
+                        (x, 0.03),
+                        xycoords=trans,
+                        textcoords="offset points",
+                        xytext=(0, 7),
+                        ha="center",
+                        fontsize=7.5,
+                        color="#6a737d",
                     )
+            # Points drawn in axes coordinates do not widen the autoscaled x range: widen it by hand.
+            wanted = xs_untrained + ([budget] if budget is not None else [])
+            if wanted:
+                lo0, hi0 = ax.get_xlim()
+                lo, hi = min(lo0, *wanted), max(hi0, *wanted)
+                pad = 0.05 * (hi - lo or 1.0)
+                ax.set_xlim(lo - pad if lo < lo0 else lo0, hi + pad if hi > hi0 else hi0)
             if budget is not None:
                 ax.axvline(budget, color="#c0392b", ls="--", lw=1.3)
                 ax.text(
@@ -1078,11 +1126,17 @@ def _fig_pareto(data: _Data, style: _Style, budget: float | None, path: Path) ->
         ax.set_xlabel(xlabel)
         ax.set_title(f"{_short_metric(data.metric)} vs {what}")
     axes[0].set_ylabel(metric_label(data.metric))
-    extra = [
-        Line2D([], [], marker="o", ls="-", color="#222", mfc="none", ms=11, label="Pareto front"),
-        Line2D([], [], marker="o", ls="", color="#9aa3ab", mfc="none", label="trained, over this budget"),
-        Line2D([], [], marker="x", ls="", color="#9aa3ab", mew=1.5, label="over every budget: not trained"),
-    ]
+    extra = [Line2D([], [], marker="o", ls="-", color="#222", mfc="none", ms=11, label="Pareto front")]
+    if any(not fits(r) for _, r in done.iterrows()):
+        extra.append(
+            Line2D([], [], marker="o", ls="", color="#9aa3ab", mfc="none", label="trained, over this budget")
+        )
+    if len(untrained):
+        extra.append(
+            Line2D(
+                [], [], marker="x", ls="", color="#9aa3ab", mew=1.5, label="over every budget: not trained"
+            )
+        )
     style.legend(axes[1], extra, loc="upper left")
     axes[1].legend_.set_bbox_to_anchor((1.01, 1.0))
     where = f"under {budget:g} MiB" if budget is not None else "(no memory budget)"
@@ -1475,7 +1529,7 @@ def _summary(doc: _Doc, data: _Data, options: ReportOptions) -> None:
     if states.get("FAIL"):
         doc.add(
             _Para(
-                f"**{states['FAIL']} trial(s) failed**; their errors are listed in [Failed trials](#failed).",
+                f"**{states['FAIL']} trial(s) failed**; their errors are in [Failed trials](#failed-trials).",
                 "warn",
             )
         )
@@ -1593,6 +1647,107 @@ def _clean_figures(fig_dir: Path) -> None:
                 p.unlink()
 
 
+def _section_best(doc: _Doc, data: _Data) -> None:
+    doc.section("The best trial", "best")
+    if data.best is None:
+        doc.add(_Para("No complete trial yet.", "note"))
+        return
+    n = data.best
+    trial_dir = data.trial_dirs.get(n)
+    where = (
+        f"; its files are in `{_display_path(trial_dir)}`"
+        if trial_dir
+        else "; its trial folder was not found"
+    )
+    if trial_dir and (trial_dir / "config.yaml").is_file():
+        where += f", and `rleseg fit --config {_display_path(trial_dir / 'config.yaml')}` reproduces it"
+    doc.add(_Para(f"Trial #{n} ({data.label(n)}), best by `{data.metric}` ({data.direction}){where}."))
+
+    doc.add(_Heading(3, "Per-class precision, recall and Dice"))
+    scores = _per_class(data, n)
+    if scores.empty:
+        doc.add(_Para("The trial recorded no per-class metrics (`val/dice_<class>`, ...).", "note"))
+    else:
+        path = _fig_per_class(data, n, scores, doc.fig_dir / "best_per_class.png")
+        doc.figure(
+            (
+                path,
+                f"Per-class scores of trial #{n} on the validation set (SPEC §8: each class averaged "
+                "over the images where it is in the ground truth or the prediction).",
+            )
+        )
+        shown = scores.copy()
+        shown.columns = [METRIC_NAMES.get(c, c) for c in shown.columns]
+        shown = shown.map(lambda v: _fmt(v, 3)).reset_index(names="class")
+        doc.add(_Table(shown, numeric=set(shown.columns) - {"class"}))
+
+    doc.add(_Heading(3, "Training curves"))
+    csv = _metrics_csv(trial_dir)
+    if csv is None:
+        doc.add(_Para("No `metrics.csv` found in the trial's folder: no training curves.", "note"))
+    else:
+        doc.figure(_fig_training_curves(data, n, csv, doc.fig_dir / "best_training_curves.png"))
+
+    doc.add(_Heading(3, "Sample predictions"))
+    png = _predictions_png(trial_dir)
+    if png is None:
+        doc.add(
+            _Para("No `val_predictions/epoch_*.png` in the trial's folder: no sample predictions.", "note")
+        )
+        return
+    target = doc.fig_dir / "best_predictions.png"
+    shutil.copyfile(png, target)
+    doc.figure(
+        (
+            target,
+            f"Validation samples of trial #{n} after its last epoch ({png.stem.replace('_', ' ')}): "
+            "image | ground truth | prediction, classes as colours.",
+        )
+    )
+
+
+def _section_history(doc: _Doc, data: _Data, style: _Style) -> None:
+    import optuna
+
+    doc.section("Optimisation history and parameter importances", "history")
+    doc.figure(_fig_history(data, style, doc.fig_dir / "optimization_history.png"))
+    importances, why = _importances(data)
+    if importances is None:
+        doc.add(_Para(why, "note"))
+        return
+    evaluator = "PED-ANOVA" if hasattr(optuna.importance, "PedAnovaImportanceEvaluator") else "fANOVA"
+    path = _fig_importances(data, importances, doc.fig_dir / "param_importances.png")
+    doc.figure(
+        (
+            path,
+            f"How much each parameter matters for {_short_metric(data.metric)} over the complete trials "
+            f"(Optuna's {evaluator}). With few trials this is a rough indication only.",
+        )
+    )
+
+
+def _section_failed(doc: _Doc, data: _Data) -> None:
+    failed = data.frame[data.frame["state"] == "FAIL"] if len(data.frame) else data.frame
+    if not len(failed):
+        return
+    doc.section("Failed trials", "failed-trials")
+    rows = []
+    for _, r in failed.iterrows():
+        attrs = data.trials[int(r["number"])].user_attrs
+        error = str(attrs.get("error") or "no error recorded (the process died; its heartbeat stopped)")
+        log = attrs.get("error_log") or attrs.get("log_path") or ""
+        rows.append(
+            {
+                "#": int(r["number"]),
+                "configuration": data.label(int(r["number"])),
+                "error": error.splitlines()[0][:300],
+                "retried": "yes" if bool(r.get("superseded")) else "no",
+                "log": f"`{_display_path(Path(log))}`" if log else "",
+            }
+        )
+    doc.add(_Table(pd.DataFrame(rows), classes=["fail"] * len(rows), numeric={"#"}))
+
+
 def write_report(study: Any, out: str | Path, options: ReportOptions | None = None) -> ReportResult:
     """Write ``report.md``, ``report.html``, ``trials.csv`` and ``figures/*.png`` for ``study`` into ``out``.
 
@@ -1608,6 +1763,8 @@ def write_report(study: Any, out: str | Path, options: ReportOptions | None = No
     >>> write_report(study, "reports/encodings", ReportOptions(title="Encodings")).markdown  # doctest: +SKIP
     PosixPath('reports/encodings/report.md')
     """
+    from rleseg.sweep import export_trials
+
     options = options or ReportOptions()
     out = Path(out)
     fig_dir = out / "figures"
@@ -1616,16 +1773,7 @@ def write_report(study: Any, out: str | Path, options: ReportOptions | None = No
     data = _gather(study, options)
     style = _Style(data)
     title = options.title or f"Sweep report: {study.study_name}"
-    doc = _Doc()
-    figures: list[Path] = []
-
-    def figure(result: tuple[Path | None, str]) -> None:
-        path, caption = result
-        if path is None:
-            doc.add(_Para(caption, "note"))
-        else:
-            figures.append(path)
-            doc.add(_Figure(path, caption))
+    doc = _Doc(fig_dir)
 
     doc.add(_Heading(1, title))
     command = options.command or f"rleseg report --study STORAGE --name {study.study_name} --out {out}"
@@ -1635,168 +1783,53 @@ def write_report(study: Any, out: str | Path, options: ReportOptions | None = No
 
     if options.notes and options.notes.strip():
         notes = options.notes.strip()
-        if not notes.startswith("#"):
-            doc.section("Notes", "notes")
+        if notes.startswith("#"):
+            doc.sections.append("notes")  # the notes bring their own heading
         else:
-            doc.sections.append("notes")
+            doc.section("Notes", "notes")
         doc.add(_Markdown(notes))
 
-    # ---- the ablation table
     doc.section("Ablation table", "ablation")
     if data.frame.empty:
         doc.add(_Para("The study has no trials yet.", "note"))
     else:
         doc.add(
             _Para(
-                f"One row per trial. **{_short_metric(data.metric)}** is `{data.metric}`; " + ABLATION_LEGEND
+                f"One row per trial. **{_short_metric(data.metric)}** is `{data.metric}`; {ABLATION_LEGEND}"
             )
         )
         doc.add(_ablation_table(data))
 
-    # ---- sequence lengths
     doc.section("Sequence length per encoding and resolution", "sequence-length")
-    figure(_fig_sequence_lengths(data, style, fig_dir / "sequence_lengths.png"))
+    doc.figure(_fig_sequence_lengths(data, style, fig_dir / "sequence_lengths.png"))
     seq = _seq_table(data)
     if seq is not None:
         doc.add(
-            _Para(
-                "The same per encoding and resolution (median over trials of p50 / p95; the largest maximum):"
-            )
+            _Para("Per encoding and resolution (median over trials of p50 and p95; the largest maximum):")
         )
         doc.add(seq)
 
-    # ---- quality vs vocabulary / tokens
     doc.section("Quality vs vocabulary size and tokens per mask", "quality-vs-size")
-    figure(_fig_quality_vs_size(data, style, fig_dir / "quality_vs_vocab_and_tokens.png"))
+    doc.figure(_fig_quality_vs_size(data, style, fig_dir / "quality_vs_vocab_and_tokens.png"))
 
-    # ---- Pareto fronts
     doc.section("Pareto fronts under the memory budgets", "pareto")
     budgets: list[float | None] = list(sorted(data.budgets)) or [None]
     for b in budgets:
         name = f"pareto_{f'{b:g}'.replace('.', 'p')}mib.png" if b is not None else "pareto.png"
         doc.add(_Heading(3, f"Budget {b:g} MiB" if b is not None else "No memory budget"))
-        figure(_fig_pareto(data, style, b, fig_dir / name))
+        doc.figure(_fig_pareto(data, style, b, fig_dir / name))
     budget_table = _budget_table(data)
     if budget_table is not None:
         doc.add(_Heading(3, "Best trial under each budget"))
         doc.add(budget_table)
 
-    # ---- the best trial
-    doc.section("The best trial", "best")
-    if data.best is None:
-        doc.add(_Para("No complete trial yet.", "note"))
-    else:
-        n = data.best
-        trial_dir = data.trial_dirs.get(n)
-        doc.add(
-            _Para(
-                f"Trial #{n} ({data.label(n)}), best by `{data.metric}` ({data.direction})"
-                + (
-                    f"; its files are in `{_display_path(trial_dir)}`"
-                    if trial_dir
-                    else "; its trial folder was not found"
-                )
-                + (
-                    f", and `rleseg fit --config {_display_path(trial_dir / 'config.yaml')}` reproduces it."
-                    if trial_dir and (trial_dir / "config.yaml").is_file()
-                    else "."
-                )
-            )
-        )
-        doc.add(_Heading(3, "Per-class precision, recall and Dice"))
-        scores = _per_class(data, n)
-        if scores.empty:
-            doc.add(_Para("The trial recorded no per-class metrics (`val/dice_<class>`, ...).", "note"))
-        else:
-            path = _fig_per_class(data, n, scores, fig_dir / "best_per_class.png")
-            figures.append(path)
-            doc.add(
-                _Figure(
-                    path,
-                    f"Per-class scores of trial #{n} on the validation set (SPEC §8: each class averaged "
-                    "over the images where it is in the ground truth or the prediction).",
-                )
-            )
-            shown = scores.copy()
-            shown.columns = [METRIC_NAMES.get(c, c) for c in shown.columns]
-            shown = shown.map(lambda v: _fmt(v, 3)).reset_index(names="class")
-            doc.add(_Table(shown, numeric=set(shown.columns) - {"class"}))
-        doc.add(_Heading(3, "Training curves"))
-        csv = _metrics_csv(trial_dir)
-        if csv is None:
-            doc.add(_Para("No `metrics.csv` found in the trial's folder: no training curves.", "note"))
-        else:
-            figure(_fig_training_curves(data, n, csv, fig_dir / "best_training_curves.png"))
-        doc.add(_Heading(3, "Sample predictions"))
-        png = _predictions_png(trial_dir)
-        if png is None:
-            doc.add(
-                _Para(
-                    "No `val_predictions/epoch_*.png` in the trial's folder: no sample predictions.", "note"
-                )
-            )
-        else:
-            target = fig_dir / "best_predictions.png"
-            shutil.copyfile(png, target)
-            figures.append(target)
-            doc.add(
-                _Figure(
-                    target,
-                    f"Validation samples of trial #{n} after its last epoch ({png.stem.replace('_', ' ')}): "
-                    "image | ground truth | prediction, classes as colours.",
-                )
-            )
+    _section_best(doc, data)
+    _section_history(doc, data, style)
+    _section_failed(doc, data)
 
-    # ---- optimisation history and importances
-    doc.section("Optimisation history and parameter importances", "history")
-    figure(_fig_history(data, style, fig_dir / "optimization_history.png"))
-    importances, why = _importances(data)
-    if importances is None:
-        doc.add(_Para(why, "note"))
-    else:
-        import optuna
-
-        evaluator_name = (
-            "PED-ANOVA" if hasattr(optuna.importance, "PedAnovaImportanceEvaluator") else "fANOVA"
-        )
-        path = _fig_importances(data, importances, fig_dir / "param_importances.png")
-        figures.append(path)
-        doc.add(
-            _Figure(
-                path,
-                f"How much each parameter matters for {_short_metric(data.metric)} over the complete trials "
-                f"(Optuna's {evaluator_name}). With few trials this is a rough indication only.",
-            )
-        )
-
-    # ---- failures
-    failed = data.frame[data.frame["state"] == "FAIL"] if len(data.frame) else data.frame
-    if len(failed):
-        doc.section("Failed trials", "failed")
-        rows = []
-        for _, r in failed.iterrows():
-            t = data.trials[int(r["number"])]
-            error = str(
-                t.user_attrs.get("error") or "no error recorded (the process died; see its heartbeat)"
-            )
-            log = t.user_attrs.get("error_log") or t.user_attrs.get("log_path") or ""
-            rows.append(
-                {
-                    "#": int(r["number"]),
-                    "configuration": data.label(int(r["number"])),
-                    "error": error.splitlines()[0][:300],
-                    "retried": "yes" if bool(r.get("superseded")) else "no",
-                    "log": f"`{_display_path(Path(log))}`" if log else "",
-                }
-            )
-        doc.add(_Table(pd.DataFrame(rows), classes=["fail"] * len(rows), numeric={"#"}))
-
-    from rleseg.sweep import export_trials
-
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "trials.csv"
     export_trials(study, csv_path)
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(_to_markdown(doc, title, out))
     html_path.write_text(_to_html(doc, title))
-    return ReportResult(md_path, html_path, csv_path, figures, doc.sections)
+    return ReportResult(md_path, html_path, csv_path, doc.figures, doc.sections)
