@@ -507,7 +507,7 @@ def _to_markdown(doc: _Doc, title: str, out: Path) -> str:
         if isinstance(block, _Heading):
             parts.append(f"{'#' * block.level} {block.text}")
         elif isinstance(block, _Para):
-            prefix = {"note": "> ", "warn": "> **Note.** "}.get(block.kind, "")
+            prefix = "> " if block.kind else ""
             parts.append(prefix + block.text)
         elif isinstance(block, _Code):
             parts.append(f"```\n{block.text}\n```")
@@ -1397,7 +1397,8 @@ ABLATION_LEGEND = (
 )
 
 
-def _ablation_table(data: _Data) -> _Table:
+def _ablation_table(data: _Data) -> tuple[_Table, dict[str, str]]:
+    """The table and the columns every trial that has them shares (``{column: value}``)."""
     f = data.frame.sort_values("number")
     rows, classes = [], []
     metrics = [data.metric] + [
@@ -1445,9 +1446,26 @@ def _ablation_table(data: _Data) -> _Table:
         rows.append(row)
         classes.append(css + (" best" if number == data.best else ""))
     table = pd.DataFrame(rows)
-    # Drop columns no trial filled (a study without budgets has no "fits", ...).
-    keep = [c for c in table.columns if c in ("#", "status") or (table[c].astype(str) != "").any()]
-    return _Table(table[keep] if len(table) else table, classes, numeric)
+    if table.empty:
+        return _Table(table, classes, numeric), {}
+    # Drop columns no trial filled (a study without budgets has no "fits", ...), and move columns every
+    # trial shares (same parameter count, no truncation, ...) to one sentence: the table must fit a page.
+    fixed = {"#", "status", *data.params, _short_metric(data.metric)}
+    keep, constants = [], {}
+    for c in table.columns:
+        values = set(table[c].astype(str)) - {""}
+        if c not in fixed and not values:
+            continue
+        if (
+            c not in fixed
+            and len(values) == 1
+            and len(table) >= 3
+            and (table[c].astype(str) != "").sum() >= 3
+        ):
+            constants[c] = values.pop()
+            continue
+        keep.append(c)
+    return _Table(table[keep], classes, numeric), constants
 
 
 def _column_name(metric: str) -> str:
@@ -1798,7 +1816,11 @@ def write_report(study: Any, out: str | Path, options: ReportOptions | None = No
                 f"One row per trial. **{_short_metric(data.metric)}** is `{data.metric}`; {ABLATION_LEGEND}"
             )
         )
-        doc.add(_ablation_table(data))
+        table, constants = _ablation_table(data)
+        doc.add(table)
+        if constants:
+            shared = "; ".join(f"*{k}* {v}" for k, v in constants.items())
+            doc.add(_Para(f"The same for every trial that has a value (left out of the table): {shared}."))
 
     doc.section("Sequence length per encoding and resolution", "sequence-length")
     doc.figure(_fig_sequence_lengths(data, style, fig_dir / "sequence_lengths.png"))

@@ -270,6 +270,8 @@ def test_report_table_states_and_best_trial(full_report):
     assert "40 / 72 / 88" in rows[0]  # tokens per mask p50 / p95 / max
     assert "**trials:** 4 — 2 complete, 1 pruned (1 over every budget, not trained), 1 failed" in md
     assert "**Best trial:** #0 (tokenizer=lac, subsample=4)" in md
+    # A column every trial shares leaves the table for one sentence.
+    assert "(left out of the table): *params (M)* 0.36." in md and "params (M)" not in table.split("\n\n")[2]
     # Per-class table of the best trial, its per-budget winners, and the failure with its error.
     assert "| bottom_or_dress | 0.710 | 0.710 | 0.710 | 0.660 |" in md
     budgets = md.split("### Best trial under each budget", 1)[1]
