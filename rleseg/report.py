@@ -305,14 +305,15 @@ def _quality_metric(
             raise ReportError(f"--metric {wanted!r} was not recorded by any trial; recorded: {numeric}")
         direction = dict(objectives).get(wanted, "maximize")
         return wanted, direction
+    # The sweep's first maximised objective, even before any trial recorded it (a study just started).
     for metric, direction in objectives:
-        if direction == "maximize" and metric in frame.columns:
+        if direction == "maximize" and metric != "value":
             return metric, direction
     if "val/dice_mean" in frame.columns:
         return "val/dice_mean", "maximize"
-    if objectives and objectives[0][0] in frame.columns:
+    if objectives:
         return objectives[0]
-    return "objective_value", objectives[0][1] if objectives else "maximize"
+    return "value", "maximize"
 
 
 def _find_trial_dir(number: int, config_path: Any, roots: Sequence[Path]) -> Path | None:

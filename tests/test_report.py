@@ -329,6 +329,16 @@ def test_study_without_complete_trials_or_sweep_attributes(tmp_path: Path):
     assert "The study has no trials yet." in write_report(empty, tmp_path / "out2").markdown.read_text()
 
 
+def test_just_started_sweep_reports_its_objective(tmp_path: Path):
+    """Before any trial recorded the objective, the report still names it (not an internal column)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="started")
+    study.set_user_attr("sweep", SWEEP)
+    study.ask(fixed_distributions=dict(DIST))
+    md = write_report(study, tmp_path / "out").markdown.read_text()
+    assert "quality shown in the plots: `val/dice_mean`" in md and "**Dice** is `val/dice_mean`" in md
+    assert "0 of 4 points finished" not in md  # no grid bookkeeping without a grid sampler's trials
+
+
 def test_rewriting_removes_stale_figures(tmp_path: Path):
     out = tmp_path / "out"
     (out / "figures").mkdir(parents=True)
