@@ -346,8 +346,12 @@ def _gather(study: Any, options: ReportOptions) -> _Data:
     if "objective_value" in frame.columns and "value" not in frame.columns:
         frame["value"] = frame["objective_value"]
     params = [c[len("param_") :] for c in frame.columns if c.startswith("param_")]
-    encoding = next((p for p in params if p in ENCODING_PARAMS), None)
+    # Colours follow the encoding and the x axis of the length plot the resolution; a sweep without one of
+    # them (a vocabulary or a video sweep) uses its other knobs instead, so the plots still separate trials.
     resolution = next((p for name in RESOLUTION_PARAMS for p in params if p == name), None)
+    encoding = next((p for p in params if p in ENCODING_PARAMS), None)
+    encoding = encoding or next((p for p in params if p != resolution), None)
+    resolution = resolution or next((p for p in params if p != encoding), None)
     metric, direction = _quality_metric(objectives, frame, options.metric)
     if metric not in frame.columns:
         frame[metric] = np.nan
@@ -815,20 +819,20 @@ class _Style:
 
 
 def _resolution_tick(data: _Data, value: Any) -> str:
-    """``subsample=4`` plus the token mask size when the trial config says the image size."""
+    """``s = 4`` plus the token mask size when the trials' configs agree on the image size."""
     name = data.resolution
     label = f"{'s' if name == 'subsample' else name} = {value}"
     if name != "subsample":
         return label
-    for number in data.frame.loc[data.frame[f"param_{name}"].astype(str) == str(value), "number"]:
-        size = _image_size(data.trial_dirs.get(int(number)))
-        if size:
-            try:
-                side = int(size) // int(value)
-            except (TypeError, ValueError, ZeroDivisionError):
-                return label
-            return f"{label}\n({side}×{side} token mask)"
-    return label
+    numbers = data.frame.loc[data.frame[f"param_{name}"].astype(str) == str(value), "number"]
+    sizes = {_image_size(data.trial_dirs.get(int(n))) for n in numbers} - {None}
+    if len(sizes) != 1:  # unknown, or patch sizes that differ between the trials of this column
+        return label
+    try:
+        side = int(sizes.pop()) // int(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return label
+    return f"{label}\n({side}×{side} token mask)"
 
 
 def _image_size(trial_dir: Path | None) -> int | None:
@@ -905,10 +909,13 @@ def _fig_sequence_lengths(data: _Data, style: _Style, path: Path) -> tuple[Path 
     ax.set_xlabel(
         "mask resolution: subsampling factor s (token mask = image size / s)"
         if res == "subsample"
-        else (f"mask resolution ({res})" if res else "")
+        else (f"mask resolution ({res})" if res in RESOLUTION_PARAMS else (res or ""))
     )
     ax.set_ylabel("tokens per mask (content tokens, validation masks)")
-    ax.set_title("Sequence length per encoding vs mask resolution")
+    if enc in ENCODING_PARAMS and (res is None or res in RESOLUTION_PARAMS):
+        ax.set_title("Sequence length per encoding vs mask resolution")
+    else:
+        ax.set_title(f"Sequence length by {' and '.join(k for k in (enc, res) if k) or 'trial'}")
     glyphs = [
         Line2D([], [], marker="o", ls="", color="#555", label="median (p50)"),
         Line2D([], [], lw=6, color="#555", alpha=0.55, label="p50 – p95"),
@@ -1563,6 +1570,12 @@ def _summary(doc: _Doc, data: _Data, options: ReportOptions) -> None:
         )
     else:
         doc.add(_Para("No trial has completed yet, so there is no best trial.", "warn"))
+    if len(data.study.directions) > 1 and data.best is not None:
+        # Optuna's own Pareto set over the study's objectives (the plots below use quality vs cost).
+        arrows = ", ".join(f"`{m}` {'↑' if d == 'maximize' else '↓'}" for m, d in data.objectives)
+        front = sorted(t.number for t in data.study.best_trials)
+        listed = ", ".join(f"#{n} ({data.label(n)})" for n in front) or "none yet"
+        doc.add(_Para(f"**Pareto-optimal trials for the study's objectives** ({arrows}): {listed}.", "note"))
 
 
 def _grid_progress(data: _Data) -> tuple[int, int]:

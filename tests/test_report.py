@@ -115,7 +115,7 @@ def _record(number: int, root: Path, dice: float, est: float, tokenizer: str, su
         "budget_mib": 32.0,
         "infeasible": False,
         "num_parameters": 360_000,
-        "vocab_size": {4: 310, 8: 94}[subsample] + (0 if tokenizer == "lac" else -20),
+        "vocab_size": {2: 1100, 4: 310, 8: 94}[subsample] + (0 if tokenizer == "lac" else -20),
         "max_seq_len": int(p50 * 4),
         "tokens_per_mask_p50": p50,
         "tokens_per_mask_p95": p50 * 1.8,
@@ -337,6 +337,38 @@ def test_just_started_sweep_reports_its_objective(tmp_path: Path):
     md = write_report(study, tmp_path / "out").markdown.read_text()
     assert "quality shown in the plots: `val/dice_mean`" in md and "**Dice** is `val/dice_mean`" in md
     assert "0 of 4 points finished" not in md  # no grid bookkeeping without a grid sampler's trials
+
+
+def test_multi_objective_study_without_an_encoding_knob(tmp_path: Path):
+    """A vocabulary-style sweep: two objectives, knobs ``subsample`` and ``max_run`` (no tokenizer)."""
+    dist = {"subsample": CategoricalDistribution([2, 4]), "max_run": CategoricalDistribution([4, 16])}
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 's.db'}", study_name="vocab", directions=["maximize", "minimize"]
+    )
+    study.set_user_attr(
+        "sweep", {**SWEEP, "objectives": [["val/dice_mean", "maximize"], ["tokens_per_mask_p95", "minimize"]]}
+    )
+    for number, (sub, run, dice, p95) in enumerate(
+        [(2, 4, 0.5, 40.0), (2, 16, 0.6, 60.0), (4, 16, 0.4, 70.0)]
+    ):
+        attrs = _record(number, tmp_path, dice, 10.0, "lac", sub) | {"tokens_per_mask_p95": p95}
+        params = {"subsample": sub, "max_run": run}
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                values=[dice, p95],
+                params=params,
+                distributions=dist,
+                user_attrs=attrs,
+            )
+        )
+    result = write_report(study, tmp_path / "out")
+    md = result.markdown.read_text()
+    assert "(`val/dice_mean` ↑, `tokens_per_mask_p95` ↓): #0 (subsample=2, max_run=4), #1" in md
+    assert "#2 (" not in md.split("Pareto-optimal", 1)[1].split("\n", 1)[0]
+    names = {p.name for p in result.figures}
+    assert {"sequence_lengths.png", "optimization_history.png", "param_importances.png"} <= names
+    assert _png_size(tmp_path / "out" / "figures" / "optimization_history.png")[0] > 1000  # two panels
 
 
 def test_rewriting_removes_stale_figures(tmp_path: Path):
