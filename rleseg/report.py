@@ -1231,7 +1231,7 @@ def _fig_training_curves(data: _Data, number: int, csv: Path, path: Path) -> tup
     if "train/loss" not in log or log["train/loss"].dropna().empty:
         notes.append("train/loss was not logged (fewer steps than `log_every_n_steps`)")
     axes[0].set_xlabel("optimizer step")
-    axes[0].set_ylabel("token cross-entropy (nats)")
+    axes[0].set_ylabel("cross-entropy loss (nats)")
     axes[0].set_title("Loss")
     if axes[0].get_lines():
         axes[0].legend()
