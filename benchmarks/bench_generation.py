@@ -35,7 +35,9 @@ def best_seconds(fn: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=256)
@@ -73,7 +75,9 @@ def main() -> None:
         f"{device} | threads {torch.get_num_threads()} | batch {args.batch} | decoder d {args.d_model} x "
         f"{args.layers} layers | vocab {args.vocab}"
     )
-    print(f"{'tokens':>7} {'cached s':>10} {'ms/token':>9} {'uncached s':>11} {'ms/token':>9} {'speed-up':>9}")
+    print(
+        f"{'tokens':>7} {'cached s':>10} {'ms/token':>9} {'uncached s':>11} {'ms/token':>9} {'speed-up':>9}"
+    )
     for length in args.lengths:
 
         def run(use_cache: bool, length: int = length) -> torch.Tensor:

@@ -82,7 +82,11 @@ def user_error(exc: BaseException) -> BaseException | None:
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        if isinstance(exc, USER_ERRORS) and tb is not None and tb.tb_frame.f_code.co_filename.startswith(package):
+        if (
+            isinstance(exc, USER_ERRORS)
+            and tb is not None
+            and tb.tb_frame.f_code.co_filename.startswith(package)
+        ):
             return exc  # the outermost of our own errors carries the most context
         exc = exc.__cause__ or exc.__context__
     return None

@@ -25,7 +25,9 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ):
         from PIL import Image
 
         from rleseg.visualize import overlay
@@ -51,7 +53,9 @@ class PredictionWriter(BasePredictionWriter):
 def _default_loggers() -> list[dict[str, Any]]:
     loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}})
+        loggers.append(
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}}
+        )
     return loggers
 
 
@@ -77,7 +81,9 @@ class RlesegCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data", "model.init_args.data_info", compute_fn=DataInfo.from_datamodule, apply_on="instantiate")
+        parser.link_arguments(
+            "data", "model.init_args.data_info", compute_fn=DataInfo.from_datamodule, apply_on="instantiate"
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from torch import nn
 
-from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats
 from rleseg.data.patches import cut_patches, stitch_patches
+from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
 from rleseg.tokenizers.runs import upsample
 
@@ -139,7 +140,10 @@ class SegModuleBase(LightningModule):
         if out.get("token_mask") is not None and "token_mask" in batch:
             tok_pred, tok_target = out["token_mask"], batch["token_mask"]
             if self.info.task == "panoptic":
-                tok_pred, tok_target = tok_pred // self.info.label_divisor, tok_target // self.info.label_divisor
+                tok_pred, tok_target = (
+                    tok_pred // self.info.label_divisor,
+                    tok_target // self.info.label_divisor,
+                )
             getattr(self, f"{stage}_token_metrics").update(tok_pred, tok_target)
             # The encoding's own ceiling: ground-truth tokens decoded and upsampled back.
             ceiling = torch.from_numpy(upsample(tok_target.cpu().numpy(), tuple(target.shape)))
@@ -220,6 +224,10 @@ class RLESegModule(SegModuleBase):
         decoding: ``greedy`` or ``top_p``; ``top_p`` is the nucleus mass (the reference's 0.4).
         constrained: grammar-constrained decoding (only the field that belongs at a position).
         lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW with linear warm-up and cosine decay.
+        position_init: start the embeddings of start tokens at the sin-cos position of their cell (aligned
+            with the visual tokens' positions) instead of at random.
+        aux_dense_weight: weight of an auxiliary pixel cross-entropy of a linear class head on the visual
+            tokens, during training only (0: off). Generation and every metric still use tokens alone.
     """
 
     CLASS_FIELDS = ("class", "lac", "tac", "ltac", "stuff_lac", "stuff_class")
@@ -252,6 +260,8 @@ class RLESegModule(SegModuleBase):
         min_lr_ratio: float = 0.05,
         num_vis: int = 6,
         max_truncated_fraction: float = 0.05,
+        position_init: bool = True,
+        aux_dense_weight: float = 0.0,
     ) -> None:
         super().__init__(
             data_info, lr, weight_decay, betas, warmup_ratio, min_lr_ratio, num_vis, max_truncated_fraction
@@ -281,6 +291,15 @@ class RLESegModule(SegModuleBase):
             frames=model_frames,
             fusion=fusion,
         )
+        if aux_dense_weight < 0:
+            raise ValueError(f"aux_dense_weight must be >= 0, got {aux_dense_weight}")
+        if aux_dense_weight > 0 and info.task not in ("image", "panoptic"):
+            raise ValueError(
+                f"aux_dense_weight is for image and panoptic tasks (the visual tokens of one frame); the "
+                f"data's task is {info.task!r}: set model aux_dense_weight to 0"
+            )
+        # Training-only auxiliary class head on the visual tokens (see _aux_dense_loss).
+        self.aux_head = nn.Linear(d_model, info.num_classes) if aux_dense_weight > 0 else None
         self.val_seq = SequenceStats()
         self.test_seq = SequenceStats()
         self.tokenizer: Tokenizer | None = None
@@ -293,13 +312,32 @@ class RLESegModule(SegModuleBase):
         if dm is None or not hasattr(dm, "tokenizer"):
             raise ValueError("RLESegModule needs an rleseg DataModule (it provides the tokenizer)")
         self.attach_tokenizer(dm.tokenizer)
+        if stage == "fit" and self.hparams.position_init:
+            # Runs before Lightning restores a checkpoint, so a resumed run keeps its trained weights.
+            self._init_position_tokens(dm.tokenizer)
+
+    def _init_position_tokens(self, tokenizer: Tokenizer) -> None:
+        """Start tokens name a cell of the token mask: initialise them with that cell's sin-cos position,
+        expressed in the grid of the encoder's visual tokens (see ``TokenDecoder.init_position_tokens``)."""
+        shape = tuple(tokenizer.token_shape)
+        ranges = [r for r in tokenizer.vocab.ranges if r.name == "start" and r.count == math.prod(shape)]
+        if not ranges:
+            return  # gap / row-col / dense encodings have no flat start field
+        grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+        coords = torch.stack([g.reshape(-1) for g in grids], dim=1)
+        stride = self.model.backbone.stride
+        for axis, size in zip((-2, -1), self.info.input_size, strict=True):
+            ratio = (size / stride) / shape[axis]  # visual tokens per token-mask cell along this axis
+            coords[:, axis] = (coords[:, axis] + 0.5) * ratio - 0.5
+        for r in ranges:
+            self.model.decoder.init_position_tokens(r.lo, coords)
 
     def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Use ``tokenizer`` for decoding and build the per-token loss weights from its vocabulary."""
         if tokenizer.vocab_size != self.info.vocab_size:
             raise ValueError(
-                f"tokenizer vocabulary ({tokenizer.vocab_size}) differs from the model's ({self.info.vocab_size}); "
-                "was the checkpoint trained with another tokenizer configuration?"
+                f"tokenizer vocabulary ({tokenizer.vocab_size}) differs from the model's "
+                f"({self.info.vocab_size}); was the checkpoint trained with another tokenizer configuration?"
             )
         self.tokenizer = tokenizer
         w = torch.ones(self.info.vocab_size)
@@ -328,8 +366,8 @@ class RLESegModule(SegModuleBase):
             raise ValueError(
                 f"max_seq_len={self.info.max_seq_len} truncates {truncated:.0%} of the training sequences "
                 f"(more than max_truncated_fraction={self.hparams.max_truncated_fraction}); set data "
-                f"max_seq_len to at least {need} (p95 of runs × tokens per run + prompt + EOS), use a coarser "
-                "subsample / larger max_run, or raise model max_truncated_fraction."
+                f"max_seq_len to at least {need} (p95 of runs × tokens per run + prompt + EOS), use a "
+                "coarser subsample / larger max_run, or raise model max_truncated_fraction."
             )
 
     # ------------------------------------------------------------------ training
@@ -340,8 +378,20 @@ class RLESegModule(SegModuleBase):
         return images
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The weighted token cross-entropy of a teacher-forced batch."""
+        return self._losses(batch, dense=False)[0]
+
+    def _losses(self, batch: dict[str, Any], dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token loss and, with ``dense`` and an auxiliary head, the auxiliary dense loss."""
         tokens = batch["tokens"]
-        logits = self.model(self._model_input(batch["image"]), tokens[:, :-1])
+        if self.hparams.pad_weight == 0:
+            # Dynamic padding: PAD targets weigh nothing and the decoder is causal, so the columns after
+            # the batch's longest sequence change neither the loss nor its gradient. Cutting them makes
+            # a step cost the batch's length instead of max_seq_len.
+            tokens = tokens[:, : max(int((tokens != PAD).sum(dim=1).max()), 2)]
+        images = self._model_input(batch["image"])
+        memory = self.model.encode(images)
+        logits = self.model.decoder(tokens[:, :-1], memory)
         target = tokens[:, 1:]
         ce = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
@@ -350,14 +400,39 @@ class RLESegModule(SegModuleBase):
             label_smoothing=self.hparams.label_smoothing,
         )
         w = self.token_weight[target.reshape(-1)]
-        return (ce * w).sum() / w.sum().clamp_min(1e-6)
+        token_loss = (ce * w).sum() / w.sum().clamp_min(1e-6)
+        aux = self._aux_dense_loss(memory, batch["mask"]) if dense and self.aux_head is not None else None
+        return token_loss, aux
+
+    def _aux_dense_loss(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pixel cross-entropy of a linear class head on the visual tokens (training only).
+
+        The token loss reaches the backbone only through cross-attention, a sparse signal; this dense
+        one teaches the features where each class is, which the decoder then reads runs from. Inference
+        is unchanged: masks still come from generated tokens.
+        """
+        semantic = mask // self.info.label_divisor if self.info.task == "panoptic" else mask
+        h, w = (size // self.model.backbone.stride for size in semantic.shape[-2:])
+        if h * w != memory.shape[1]:
+            raise ValueError(
+                f"aux_dense_weight: {memory.shape[1]} visual tokens do not form the {h}x{w} feature grid of "
+                f"a {tuple(semantic.shape[-2:])} input"
+            )
+        logits = self.aux_head(memory).transpose(1, 2).reshape(memory.shape[0], -1, h, w)
+        logits = F.interpolate(logits.float(), size=semantic.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, semantic.long())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        token_loss, aux = self._losses(batch, dense=True)
+        loss = token_loss if aux is None else token_loss + self.hparams.aux_dense_weight * aux
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0])
-        self.log("train/truncated", batch["truncated"].float().mean(), batch_size=batch["tokens"].shape[0])
+        size = batch["tokens"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if aux is not None:
+            self.log("train/token_loss", token_loss, batch_size=size)
+            self.log("train/aux_dense_loss", aux, batch_size=size)
+        self.log("train/truncated", batch["truncated"].float().mean(), batch_size=size)
         return loss
 
     # ------------------------------------------------------------------ generation
@@ -415,7 +490,11 @@ class RLESegModule(SegModuleBase):
         if "mask" in batch:
             label_shape = tuple(batch["mask"].shape[1:])
         else:  # predict: no labels; video inputs are [B, T, C, H, W]
-            lead = tuple(batch["image"].shape[1:2]) if self.info.task != "image" and batch["image"].ndim == 5 else ()
+            lead = (
+                tuple(batch["image"].shape[1:2])
+                if self.info.task != "image" and batch["image"].ndim == 5
+                else ()
+            )
             label_shape = (*lead, *batch["image"].shape[-2:])
         if origins is not None:
             s = int(getattr(self.tokenizer, "subsample_factor", 1))
@@ -515,7 +594,11 @@ class DenseSegModule(SegModuleBase):
         )
         if class_weights is not None and len(class_weights) != self.num_classes:
             raise ValueError(f"class_weights needs {self.num_classes} values, got {len(class_weights)}")
-        cw = torch.tensor(class_weights, dtype=torch.float32) if class_weights else torch.ones(self.num_classes)
+        cw = (
+            torch.tensor(class_weights, dtype=torch.float32)
+            if class_weights
+            else torch.ones(self.num_classes)
+        )
         self.register_buffer("class_weights", cw, persistent=False)
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,11 @@ def save_prediction_grid(
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + 0.4), squeeze=False)
     for i in range(n):
-        panels = (to_display(images[i]), overlay(images[i], targets[i], num_classes), overlay(images[i], preds[i], num_classes))
+        panels = (
+            to_display(images[i]),
+            overlay(images[i], targets[i], num_classes),
+            overlay(images[i], preds[i], num_classes),
+        )
         for j, panel in enumerate(panels):
             axes[i, j].imshow(panel, interpolation="nearest")
             axes[i, j].axis("off")

@@ -27,14 +27,19 @@ def test_unknown_subcommand_is_an_argparse_error(capsys):
 
 
 def test_python_dash_m_entry_point_runs():
-    proc = subprocess.run([sys.executable, "-m", "rleseg", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rleseg", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "fit" in proc.stdout
 
 
 def test_import_rleseg_is_light():
     # `import rleseg` must not drag in torch, Lightning or matplotlib (tokenizers are numpy-only).
-    code = "import sys, rleseg; bad = [m for m in ('torch', 'lightning', 'matplotlib', 'optuna') if m in sys.modules]; print(bad)"
+    code = (
+        "import sys, rleseg; "
+        "bad = [m for m in ('torch', 'lightning', 'matplotlib', 'optuna') if m in sys.modules]; print(bad)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from rleseg.models import (
     create_backbone,
     create_feature_pyramid,
 )
-from rleseg.models.layers import sincos_position_embedding
+from rleseg.models.layers import sincos_at, sincos_position_embedding
 
 BACKBONES = ["test_resnet", "test_efficientnet", "test_convnext"]
 VOCAB, MAX_LEN = 40, 24
@@ -238,6 +238,31 @@ def test_sincos_positions_are_distinct_and_bounded():
     assert torch.cdist(pos, pos).add(torch.eye(60) * 10).min() > 1e-3
     with pytest.raises(ValueError, match="even dim"):
         sincos_position_embedding((2, 2), 7)
+
+
+def test_sincos_at_grid_points_equals_the_grid_embedding():
+    grid = sincos_position_embedding((3, 5), 16)
+    coords = torch.tensor([[r, c] for r in range(3) for c in range(5)], dtype=torch.float32)
+    torch.testing.assert_close(sincos_at(coords, 16), grid)
+    # between grid points it lies between their embeddings (smooth in the coordinate)
+    mid = sincos_at(torch.tensor([[1.0, 2.5]]), 16)[0]
+    assert torch.dist(mid, grid[7]) < torch.dist(grid[8], grid[7]) and torch.dist(mid, grid[8]) > 0
+
+
+def test_init_position_tokens_gives_neighbouring_places_neighbouring_embeddings():
+    model = tiny()
+    before = model.decoder.embed.weight.detach().clone()
+    coords = torch.tensor([[r, c] for r in range(4) for c in range(4)], dtype=torch.float32)
+    model.decoder.init_position_tokens(10, coords)
+    after = model.decoder.embed.weight.detach()
+    torch.testing.assert_close(after[:10], before[:10])  # other tokens untouched
+    torch.testing.assert_close(after[26:], before[26:])
+    starts = after[10:26]
+    assert starts.std().item() == pytest.approx(0.02, rel=1e-3)  # the scale of the random init
+    # cell (0,0): its right neighbour is closer than the far corner
+    assert torch.dist(starts[0], starts[1]) < torch.dist(starts[0], starts[15])
+    with pytest.raises(ValueError, match="exceed the vocabulary"):
+        model.decoder.init_position_tokens(VOCAB - 3, coords)
 
 
 def _fake_model_and_loss(kind: str) -> tuple[torch.nn.Module, torch.Tensor]:

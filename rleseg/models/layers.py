@@ -22,6 +22,7 @@ __all__ = [
     "EncoderLayer",
     "MLP",
     "init_weights",
+    "sincos_at",
     "sincos_position_embedding",
 ]
 
@@ -56,18 +57,35 @@ def sincos_position_embedding(
     """
     if dim % 2 or dim < 2 * len(sizes):
         raise ValueError(f"sin-cos positions need an even dim >= {2 * len(sizes)}; got dim={dim}")
-    per_axis = (dim // (2 * len(sizes))) * 2
-    widths = [per_axis] * (len(sizes) - 1) + [dim - per_axis * (len(sizes) - 1)]
     grids = torch.meshgrid(
         *[torch.arange(n, device=device, dtype=torch.float32) for n in sizes], indexing="ij"
     )
+    coords = torch.stack([g.reshape(-1) for g in grids], dim=1)
+    return sincos_at(coords, dim, temperature=temperature).to(dtype)
+
+
+def sincos_at(coords: Tensor, dim: int, *, temperature: float = 10000.0) -> Tensor:
+    """Sine-cosine embedding of real-valued points ``[n, k]`` (the channel split of
+    :func:`sincos_position_embedding`, which calls it on integer grid points).
+
+    >>> grid = sincos_position_embedding((2, 3), 8)
+    >>> torch.allclose(sincos_at(torch.tensor([[1.0, 2.0]]), 8), grid[5:6])
+    True
+    """
+    axes = coords.shape[1]
+    if dim % 2 or dim < 2 * axes:
+        raise ValueError(f"sin-cos positions need an even dim >= {2 * axes}; got dim={dim}")
+    per_axis = (dim // (2 * axes)) * 2
+    widths = [per_axis] * (axes - 1) + [dim - per_axis * (axes - 1)]
     parts = []
-    for grid, width in zip(grids, widths, strict=True):
+    for axis, width in enumerate(widths):
         half = width // 2
-        omega = 1.0 / temperature ** (torch.arange(half, device=device, dtype=torch.float32) / max(half, 1))
-        angles = grid.reshape(-1, 1) * omega.reshape(1, -1)
+        omega = 1.0 / temperature ** (
+            torch.arange(half, device=coords.device, dtype=torch.float32) / max(half, 1)
+        )
+        angles = coords[:, axis : axis + 1].float() * omega.reshape(1, -1)
         parts += [angles.sin(), angles.cos()]
-    return torch.cat(parts, dim=1).to(dtype)
+    return torch.cat(parts, dim=1)
 
 
 class MLP(nn.Module):

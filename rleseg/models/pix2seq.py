@@ -24,7 +24,13 @@ from torch import Tensor, nn
 
 from rleseg.models.backbones import TimmBackbone, create_backbone
 from rleseg.models.generation import GenerationOutput, KVCache, Strategy, generate_tokens
-from rleseg.models.layers import DecoderLayer, EncoderLayer, init_weights, sincos_position_embedding
+from rleseg.models.layers import (
+    DecoderLayer,
+    EncoderLayer,
+    init_weights,
+    sincos_at,
+    sincos_position_embedding,
+)
 from rleseg.models.video import FUSIONS, Fusion, SequentialFusionLayer
 from rleseg.tokenizers.base import Grammar
 
@@ -145,6 +151,21 @@ class TokenDecoder(nn.Module):
 
     def _logits(self, x: Tensor) -> Tensor:
         return F.linear(self.norm(x), self.embed.weight, self.out_bias)
+
+    @torch.no_grad()
+    def init_position_tokens(self, lo: int, coords: Tensor) -> None:
+        """Give tokens ``lo .. lo + len(coords)`` — tokens that name a place, like RLE starts — the sin-cos
+        embedding of their place ``coords`` ``[n, k]`` (in the encoder's visual-token grid units), at the
+        scale of the random initialisation.
+
+        Learned from scratch, each of the H·W start tokens must discover its place alone; initialised
+        this way, neighbouring starts begin close and the decoder's output layer shares the geometry of
+        the visual tokens' positions (embeddings are tied, so the same vectors score the next start).
+        """
+        if lo < 0 or lo + len(coords) > self.vocab_size:
+            raise ValueError(f"tokens {lo}..{lo + len(coords)} exceed the vocabulary ({self.vocab_size})")
+        pos = sincos_at(coords.to(self.embed.weight.device), self.embed.weight.shape[1])
+        self.embed.weight[lo : lo + len(coords)] = (pos * (0.02 / pos.std())).to(self.embed.weight.dtype)
 
     def forward(self, tokens: Tensor, memory: Tensor) -> Tensor:
         """Teacher-forced logits ``[B, L, V]``; position i predicts token i+1."""
