@@ -48,6 +48,7 @@ format: install
 bench: install
 	$(BIN)/python benchmarks/bench_tokenizers.py
 	$(BIN)/python benchmarks/bench_generation.py
+	$(BIN)/python benchmarks/bench_memory.py
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache .ruff_cache
