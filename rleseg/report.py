@@ -1601,6 +1601,8 @@ def _budget_table(data: _Data) -> _Table | None:
     if not data.budgets:
         return None
     done = data.complete().dropna(subset=[data.metric])
+    if done.empty:
+        return None
     rows = []
     for b in sorted(data.budgets):
         fit = (
@@ -1610,14 +1612,7 @@ def _budget_table(data: _Data) -> _Table | None:
         )
         if fit.empty:
             rows.append(
-                {
-                    "budget (MiB)": f"{b:g}",
-                    "best trial": "none fits",
-                    data.metric: "",
-                    "configuration": "",
-                    "est. MiB": "",
-                    "decode ms/img": "",
-                }
+                {"budget (MiB)": f"{b:g}", "best trial": "no complete trial fits", "fitting trials": "0"}
             )
             continue
         pick = fit[data.metric].idxmax() if data.direction == "maximize" else fit[data.metric].idxmin()
@@ -1634,7 +1629,8 @@ def _budget_table(data: _Data) -> _Table | None:
                 "fitting trials": str(len(fit)),
             }
         )
-    frame = pd.DataFrame(rows).fillna("")
+    columns = ["budget (MiB)", "best trial", _short_metric(data.metric), "configuration", "est. MiB"]
+    frame = pd.DataFrame(rows).reindex(columns=[*columns, "decode ms/img", "fitting trials"]).fillna("")
     return _Table(
         frame,
         numeric={"budget (MiB)", _short_metric(data.metric), "est. MiB", "decode ms/img", "fitting trials"},

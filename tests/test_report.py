@@ -337,6 +337,7 @@ def test_just_started_sweep_reports_its_objective(tmp_path: Path):
     md = write_report(study, tmp_path / "out").markdown.read_text()
     assert "quality shown in the plots: `val/dice_mean`" in md and "**Dice** is `val/dice_mean`" in md
     assert "0 of 4 points finished" not in md  # no grid bookkeeping without a grid sampler's trials
+    assert "Best trial under each budget" not in md and "No trial has both a quality and a memory" in md
 
 
 def test_multi_objective_study_without_an_encoding_knob(tmp_path: Path):
