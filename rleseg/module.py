@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from rleseg.data.patches import cut_patches, stitch_patches
 from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats
@@ -384,7 +385,9 @@ class RLESegModule(SegModuleBase):
     def _losses(self, batch: dict[str, Any], dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token loss and, with ``dense`` and an auxiliary head, the auxiliary dense loss."""
         tokens = batch["tokens"]
-        if self.hparams.pad_weight == 0:
+        # Fake tensors (rleseg.memory's estimate) have no values to trim by: they size the worst case, a
+        # batch holding a max_seq_len sequence, which is what a memory budget must cover.
+        if self.hparams.pad_weight == 0 and not is_fake(tokens):
             # Dynamic padding: PAD targets weigh nothing and the decoder is causal, so the columns after
             # the batch's longest sequence change neither the loss nor its gradient. Cutting them makes
             # a step cost the batch's length instead of max_seq_len.
@@ -422,9 +425,16 @@ class RLESegModule(SegModuleBase):
         logits = F.interpolate(logits.float(), size=semantic.shape[-2:], mode="bilinear", align_corners=False)
         return F.cross_entropy(logits, semantic.long())
 
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss a training step optimises (what ``rleseg.memory`` estimates the memory of)."""
+        return self._combine(*self._losses(batch, dense=True))
+
+    def _combine(self, token_loss: torch.Tensor, aux: torch.Tensor | None) -> torch.Tensor:
+        return token_loss if aux is None else token_loss + self.hparams.aux_dense_weight * aux
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         token_loss, aux = self._losses(batch, dense=True)
-        loss = token_loss if aux is None else token_loss + self.hparams.aux_dense_weight * aux
+        loss = self._combine(token_loss, aux)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         size = batch["tokens"].shape[0]
