@@ -22,6 +22,10 @@ vary as dotted keys of that config, the objective(s), the sampler, the pruner an
       cpu: {}
       gpu: {budgets_mib: [16384], overrides: {trainer.max_epochs: 50}}
 
+**Named choices** move several knobs together: ``{name: variant, choices: {LABEL: VALUE, ...}}`` stores
+the label in Optuna, and a VALUE that is a mapping sets each of its keys under the knob's key (see
+``sweeps/video.yaml``: a static model only exists for the TAC/LTAC tokenizers).
+
 **Budgets.** One study per sweep (and scale); the budgets are a study attribute. Every trial's peak
 training memory is estimated *before* training (:func:`rleseg.memory.estimate_config_memory`); a trial
 over the largest budget is never trained: it is recorded as PRUNED with ``infeasible=True`` and its
@@ -73,6 +77,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +133,14 @@ class SweepError(ValueError):
 
 
 class TrialFailed(RuntimeError):
-    """A trial whose training did not finish (exception, non-finite loss, killed child process)."""
+    """A trial whose training did not finish (exception, non-finite loss, killed child process).
+
+    ``detail`` holds the child process's traceback (the parent's own says only where it re-raised).
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 # ================================================================================== the sweep file
@@ -146,6 +158,8 @@ class ParamSpec:
 
     ``kind`` is ``categorical`` (``choices``), ``int`` or ``float`` (``low``, ``high``, ``step``, ``log``).
     Choices that are not plain scalars (lists such as ``[64, 64]``) are stored in Optuna as JSON strings.
+    Named choices (``labels``) are stored as their labels; a named choice that is a mapping sets each of
+    its keys under ``key`` (knobs that only make sense together, e.g. a tokenizer and its static mode).
     """
 
     key: str
@@ -156,17 +170,38 @@ class ParamSpec:
     high: float | None = None
     step: float | None = None
     log: bool = False
+    labels: tuple[str, ...] = ()
 
     @property
     def encoded(self) -> bool:
-        return self.kind == "categorical" and not all(isinstance(c, PRIMITIVES) for c in self.choices)
+        return (
+            self.kind == "categorical"
+            and not self.labels
+            and not all(isinstance(c, PRIMITIVES) for c in self.choices)
+        )
 
     def optuna_choices(self) -> list[Any]:
+        if self.labels:
+            return list(self.labels)
         return [json.dumps(c) if self.encoded else c for c in self.choices]
 
     def decode(self, value: Any) -> Any:
         """The config value of an Optuna parameter value."""
+        if self.labels:
+            return self.choices[self.labels.index(value)] if value in self.labels else value
         return json.loads(value) if self.encoded and isinstance(value, str) else value
+
+    def settings(self, value: Any) -> list[tuple[str, Any]]:
+        """The ``(dotted key, config value)`` pairs an Optuna parameter value sets."""
+        decoded = self.decode(value)
+        if self.labels and isinstance(decoded, Mapping):
+            return [(f"{self.key}.{k}", v) for k, v in decoded.items()]
+        return [(self.key, decoded)]
+
+    def config_keys(self) -> list[str]:
+        """Every dotted config key this knob may set."""
+        keys = {k: None for label in self.labels for k, _ in self.settings(label)}
+        return list(keys) or [self.key]
 
     def suggest(self, trial: Any) -> Any:
         """Ask ``trial`` for this parameter (raw Optuna value: JSON strings stay encoded)."""
@@ -194,6 +229,8 @@ class ParamSpec:
         return [int(v) for v in values] if self.kind == "int" else [round(v, 12) for v in values]
 
     def describe(self, value: Any) -> str:
+        if self.labels:
+            return f"{self.name}={value}"
         value = self.decode(value)
         return f"{self.name}={value:.3g}" if isinstance(value, float) else f"{self.name}={value}"
 
@@ -204,14 +241,21 @@ def _parse_param(key: str, spec: Any, name: str) -> ParamSpec:
             raise SweepError(f"search_space.{key}: an empty list of choices")
         return ParamSpec(key, name, "categorical", tuple(spec))
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"choices", "low", "high", "step", "log", "type"}
+        unknown = set(spec) - {"choices", "low", "high", "step", "log", "type", "name"}
         if unknown:
             raise SweepError(
                 f"search_space.{key}: unknown field(s) {sorted(unknown)}; a knob is a list of choices, "
-                "{choices: [...]}, or {low, high, step?, log?, type?}"
+                "{choices: [...] or {label: value, ...}, name?}, or {low, high, step?, log?, type?, name?}"
             )
+        name = str(spec.get("name") or name)
+        choices = spec.get("choices")
+        if isinstance(choices, Mapping):
+            if not choices:
+                raise SweepError(f"search_space.{key}: an empty mapping of named choices")
+            labels = tuple(str(label) for label in choices)
+            return ParamSpec(key, name, "categorical", tuple(choices.values()), labels=labels)
         if "choices" in spec:
-            return _parse_param(key, list(spec["choices"]), name)
+            return _parse_param(key, list(choices), name)
         if "low" not in spec or "high" not in spec:
             raise SweepError(f"search_space.{key}: a range needs both `low` and `high`, got {dict(spec)}")
         low, high, step = spec["low"], spec["high"], spec.get("step")
@@ -370,6 +414,9 @@ class SweepSpec:
             raise SweepError(f"{where}: search_space maps dotted config keys to choices or ranges")
         names = _param_names(list(space))
         params = [_parse_param(str(k), v, names[k]) for k, v in space.items()]
+        repeated = sorted(n for n, c in Counter(p.name for p in params).items() if c > 1)
+        if repeated:
+            raise SweepError(f"{where}: two knobs are named {repeated}; give each a distinct `name:`")
         budgets = data.get("budgets_mib") or []
         budgets = [budgets] if isinstance(budgets, (int, float)) else list(budgets)
         if any(isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in budgets):
@@ -377,7 +424,7 @@ class SweepSpec:
         overrides = data.get("overrides") or {}
         if not isinstance(overrides, Mapping):
             raise SweepError(f"{where}: overrides maps dotted config keys to values, got {overrides!r}")
-        clash = set(overrides) & set(space)
+        clash = set(overrides) & {k for p in params for k in p.config_keys()}
         if clash:
             raise SweepError(f"{where}: {sorted(clash)} are both searched and overridden; keep one")
         storage = data.get("storage") or {}
@@ -482,7 +529,12 @@ class SweepSpec:
     def fingerprint(self) -> str:
         """A hash of what defines the study's trials (search space, objectives, base, overrides)."""
         desc = {
-            "space": [(p.key, p.kind, p.optuna_choices(), p.low, p.high, p.step, p.log) for p in self.params],
+            "space": [
+                (p.key, p.kind, p.optuna_choices(), p.low, p.high, p.step, p.log)
+                # named choices: what the labels stand for defines the trials too
+                + ((list(p.choices),) if p.labels else ())
+                for p in self.params
+            ],
             "objectives": [(o.metric, o.direction) for o in self.objectives],
             "base": str(self.base),
             "overrides": self.overrides,
@@ -523,7 +575,8 @@ class SweepSpec:
             set_dotted(config, key, copy.deepcopy(value))
         for p in self.params:
             if p.name in params:
-                set_dotted(config, p.key, p.decode(params[p.name]))
+                for key, value in p.settings(params[p.name]):
+                    set_dotted(config, key, copy.deepcopy(value))
         if trial_dir is not None:
             _route_outputs(config, trial_dir)
         return config
@@ -609,7 +662,7 @@ def check_keys(spec: SweepSpec, config: Mapping[str, Any] | None = None) -> None
         SweepError: naming the key, the closest valid keys, and the valid keys of its section.
     """
     flat = _flatten(config if config is not None else full_config(spec.base))
-    for key in [p.key for p in spec.params] + list(spec.overrides):
+    for key in [k for p in spec.params for k in p.config_keys()] + list(spec.overrides):
         if key in flat:
             continue
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -1028,7 +1081,10 @@ class _Worker:
             if not self.dry_run:
                 trial_dir = self.output_dir / f"trial_{trial.number:04d}"
                 trial_dir.mkdir(parents=True, exist_ok=True)
-                (trial_dir / "error.txt").write_text(traceback.format_exc())
+                detail = getattr(err, "detail", "")
+                (trial_dir / "error.txt").write_text(
+                    traceback.format_exc() + (f"\nin the trial process:\n{detail}" if detail else "")
+                )
                 trial.set_user_attr("error_log", str(trial_dir / "error.txt"))
             raise
 
@@ -1102,7 +1158,7 @@ class _Worker:
             raise TrialFailed(f"trial process exited with code {code} and no result; log tail:\n{tail}")
         result = json.loads(result_path.read_text())
         if result["status"] == "failed":
-            raise TrialFailed(result["error"])
+            raise TrialFailed(result["error"], result.get("traceback", ""))
         return result["record"], result.get("message")
 
     # ------------------------------------------------------------------ progress lines

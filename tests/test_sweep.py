@@ -141,6 +141,42 @@ def test_scales_merge_and_errors():
         SweepSpec.from_dict(dict(data), scale="tpu")
 
 
+def test_named_choices_set_several_keys_together():
+    variants = {
+        "plain": {"tokenizer": "video_lac", "static": False},
+        "static": {"tokenizer": "ltac", "static": True},
+    }
+    spec = make_spec(
+        search_space={
+            "data.init_args": {"name": "variant", "choices": variants},
+            "data.init_args.frames": [2, 4],
+        }
+    )
+    variant = spec.param("variant")
+    assert variant.grid_values() == ["plain", "static"] and spec.grid_size() == 4
+    assert variant.config_keys() == ["data.init_args.tokenizer", "data.init_args.static"]
+    assert variant.describe("static") == "variant=static"
+    base = {"data": {"init_args": {"tokenizer": "tac", "static": False, "batch_size": 8}}}
+    config = spec.trial_config({"variant": "static", "frames": 4}, base=base)
+    assert config["data"]["init_args"] == {"tokenizer": "ltac", "static": True, "batch_size": 8, "frames": 4}
+    # what a label stands for defines the trials: changing it makes another study
+    changed = {**variants, "static": {"tokenizer": "tac", "static": True}}
+    other = make_spec(search_space={"data.init_args": {"name": "variant", "choices": changed}})
+    assert (
+        other.fingerprint()
+        != make_spec(search_space={"data.init_args": {"name": "variant", "choices": variants}}).fingerprint()
+    )
+    with pytest.raises(SweepError, match="both searched and overridden"):
+        make_spec(
+            search_space={"data.init_args": {"name": "variant", "choices": variants}},
+            overrides={"data.init_args.static": True},
+        )
+    with pytest.raises(SweepError, match=r"two knobs are named \['tokenizer'\]"):
+        make_spec(search_space={"data.init_args": {"name": "tokenizer", "choices": variants}, **SPACE})
+    with pytest.raises(SweepError, match="unknown config key 'data.init_args.statik'"):
+        check_keys(make_spec(search_space={"data.init_args": {"choices": {"a": {"statik": True}}}}), FULL)
+
+
 def test_param_names_are_short_unless_ambiguous():
     spec = make_spec(search_space={"model.init_args.lr": [1e-3], "data.init_args.lr": [1], **SPACE})
     assert [p.name for p in spec.params] == [
