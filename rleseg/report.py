@@ -257,7 +257,7 @@ def _natural_key(text: str) -> tuple[Any, ...]:
 
 # ============================================================================ the study's data
 #: Parameter names read as "the encoding" and "the mask resolution" by the sequence-length plots.
-ENCODING_PARAMS = ("tokenizer", "encoding")
+ENCODING_PARAMS = ("tokenizer", "encoding", "variant")
 RESOLUTION_PARAMS = ("subsample", "canvas", "resolution", "image_size", "patch_size", "size")
 PER_CLASS = re.compile(r"^val/(precision|recall|dice|iou)_(.+)$")
 
