@@ -241,7 +241,8 @@ def _show(args: argparse.Namespace) -> int:
     )
     handles = handles[:30]
     legend_inches = 0.2 * -(-len(handles) // 5) + 0.1  # five entries per legend row
-    height = 2.2 * len(grid) + 0.5 + legend_inches
+    row_inches = 2.5 if args.video else 2.2  # video frames carry a title line each
+    height = row_inches * len(grid) + 0.5 + legend_inches
     fig, axes = plt.subplots(
         len(grid),
         ncols,
