@@ -1,0 +1,340 @@
+"""Sweeps that train, on tiny data: the records of every trial, the memory budget, a failed trial, a sweep
+killed with SIGKILL and resumed, and two workers on one SQLite study.
+
+The base experiment is a ~20 k-parameter Pix2Seq on 32x32 composites (8 training scenes, 4 validation
+scenes, one epoch), so each trial trains in a few seconds; the bookkeeping without training is in
+``test_sweep.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from rleseg.cli import main
+from rleseg.memory import instantiate_data
+from rleseg.sweep import SweepSpec, open_storage, run_sweep, study_progress
+
+TOKENIZERS = ["lac", "mc", "gap"]
+
+
+def tiny_base(data_dir: Path) -> dict[str, Any]:
+    """A base experiment that trains one epoch in seconds (the data dir keeps it off ./data_cache)."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": 32,
+            "log_every_n_steps": 1,
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}
+            ],
+        },
+        "model": {
+            "class_path": "rleseg.module.RLESegModule",
+            "init_args": {
+                "backbone": "resnet10t",
+                "feature_stride": 8,
+                "d_model": 16,
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+                "num_heads": 2,
+                "mlp_dim": 32,
+                "lr": 2.0e-3,
+                "num_vis": 2,
+            },
+        },
+        "data": {
+            "class_path": "rleseg.data.ImageSegDataModule",
+            "init_args": {
+                "source": "composites",
+                "source_args": {
+                    "preset": "fashion3",
+                    "canvas": 32,
+                    "num_train": 8,
+                    "num_val": 4,
+                    "num_test": 4,
+                    "clip_len": 1,
+                    "data_dir": str(data_dir),
+                },
+                "tokenizer": "lac",
+                "tokenizer_args": {"subsample": 4},
+                "max_seq_len": 64,
+                "batch_size": 4,
+                "num_workers": 0,
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def base_file(data_fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("base") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_base(data_fashion_dir), sort_keys=False))
+    return path
+
+
+def write_sweep(root: Path, base: Path, name: str, **fields: Any) -> Path:
+    """A sweep file under ``root`` whose trials go to ``root/out``."""
+    sweep = {
+        "name": name,
+        "base": str(base),
+        "search_space": {"data.init_args.tokenizer": list(TOKENIZERS)},
+        "objectives": [{"val/dice_mean": "maximize"}],
+        "sampler": {"name": "grid", "seed": 0},
+        "budgets_mib": [1024],
+        "auto_max_seq_len": {"quantile": 1.0, "samples": 8},
+        "runner": "inline",
+        "output_dir": str(root / "out"),
+        **fields,
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def load_study(spec: SweepSpec) -> optuna.Study:
+    storage = open_storage(spec.resolved_storage(), heartbeat=False)
+    return optuna.load_study(study_name=spec.study_name, storage=storage)
+
+
+# ------------------------------------------------------------------------------ records of a sweep
+@pytest.fixture(scope="module")
+def recorded(base_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SweepSpec, optuna.Study]:
+    """A finished 3-trial grid (lac, mc, gap) under one budget."""
+    root = tmp_path_factory.mktemp("records")
+    spec = SweepSpec.load(write_sweep(root, base_file, "records"))
+    lines: list[str] = []
+    study = run_sweep(spec, log=lines.append)
+    assert lines[-1].startswith("sweep records-cpu: 3/3 trials done"), lines
+    return spec, study
+
+
+def test_sweep_records_every_attribute_of_every_trial(recorded: tuple[SweepSpec, optuna.Study]):
+    spec, study = recorded
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert sorted(t.params["tokenizer"] for t in trials) == sorted(TOKENIZERS)
+    for t in trials:
+        a = t.user_attrs
+        assert t.value == pytest.approx(a["val/dice_mean"]) and 0.0 <= t.value <= 1.0
+        # the resolved config: what `rleseg fit --config` reruns, with the trial's knob and sequence length
+        config = yaml.safe_load(Path(a["config_path"]).read_text())
+        init = config["data"]["init_args"]
+        assert init["tokenizer"] == t.params["tokenizer"] and init["max_seq_len"] == a["max_seq_len"]
+        # vocabulary and parameters follow the encoding (the embedding is vocab_size x d_model)
+        assert a["vocab_size"] == instantiate_data(config).tokenizer.vocab_size
+        assert a["num_parameters"] > 16 * a["vocab_size"]
+        # memory: estimated before training, measured during it, and the two agree
+        assert a["infeasible"] is False and a["budgets_fit"] == [1024]
+        assert 0 < a["estimated_peak_mib"] < 1024
+        assert a["estimated_parameters_mib"] > 0 and a["estimated_optimizer_mib"] > 0
+        assert a["measured_method"] == "cpu-profiler"
+        assert a["measured_peak_mib"] == pytest.approx(a["estimated_peak_mib"], rel=0.15)
+        # sequence statistics of the ground truth (auto_max_seq_len quantile 1 of the training masks)
+        assert 0 < a["tokens_per_mask_p50"] <= a["tokens_per_mask_p95"] <= a["tokens_per_mask_max"]
+        assert a["tokens_per_mask_max"] <= a["max_seq_len"] - 2
+        assert 0.0 <= a["truncated_fraction"] <= 1.0
+        # time, decoding and metrics
+        assert a["train_seconds"] > 0 and a["decode_seconds_per_image"] > 0
+        assert 0.0 <= a["validity_rate"] <= 1.0
+        for metric in ("dice", "iou", "precision", "recall", "ceiling_dice", "token_dice"):
+            assert 0.0 <= a[f"val/{metric}_mean"] <= 1.0, metric
+        assert a["val/loss"] > 0 and a["train/loss"] > 0 and a["epochs"] == 1
+        assert "error" not in a
+    vocab = {t.params["tokenizer"]: t.user_attrs["vocab_size"] for t in trials}
+    assert len(set(vocab.values())) == 3, vocab  # three encodings, three vocabularies
+    runs = {t.params["tokenizer"]: t.user_attrs["tokens_per_mask_p50"] for t in trials}
+    assert runs["mc"] == pytest.approx(1.5 * runs["lac"])  # 3 tokens per run instead of 2, same runs
+
+
+def test_sweep_keeps_metrics_and_predictions_and_exports(recorded: tuple[SweepSpec, optuna.Study]):
+    spec, study = recorded
+    out = spec.resolved_output_dir()
+    for t in study.get_trials():
+        logs = out / f"trial_{t.number:04d}" / "logs"
+        assert (logs / "metrics.csv").is_file()
+        assert (logs / "val_predictions" / "epoch_000.png").is_file()
+    frame = __import__("pandas").read_csv(out / "trials.csv")  # written when the sweep ends
+    assert len(frame) == 3 and set(frame["state"]) == {"COMPLETE"}
+    for column in (
+        "param_tokenizer",
+        "objective_val/dice_mean",
+        "estimated_peak_mib",
+        "measured_peak_mib",
+        "num_parameters",
+        "vocab_size",
+        "tokens_per_mask_p50",
+        "tokens_per_mask_p95",
+        "tokens_per_mask_max",
+        "truncated_fraction",
+        "train_seconds",
+        "decode_seconds_per_image",
+        "validity_rate",
+        "val/recall_mean",
+        "config_path",
+    ):
+        assert column in frame.columns and frame[column].notna().all(), column
+
+
+# ---------------------------------------------------------------------------------- the budget
+def test_a_config_over_budget_is_recorded_and_never_trained(base_file: Path, tmp_path: Path):
+    big = {"model.init_args.d_model": [512], "model.init_args.mlp_dim": [2048]}
+    spec = SweepSpec.load(write_sweep(tmp_path, base_file, "big", search_space=big, budgets_mib=[32, 64]))
+    study = run_sweep(spec, log=lambda line: None)
+    (trial,) = study.get_trials()
+    a = trial.user_attrs
+    assert trial.state == TrialState.PRUNED and a["infeasible"] is True
+    assert a["estimated_peak_mib"] > 64 and a["budgets_fit"] == [] and a["budget_mib"] == 64
+    assert a["num_parameters"] > 512 * 512  # the big model was sized, not built for real
+    assert "train_seconds" not in a and "measured_peak_mib" not in a
+    trial_dir = spec.resolved_output_dir() / "trial_0000"
+    assert sorted(p.name for p in trial_dir.iterdir()) == ["config.yaml"]  # no logs, checkpoints, job
+    assert study_progress(study).done == 1  # it counts as done: a resume does not try it again
+
+
+# ------------------------------------------------------------------------------- a failed trial
+def test_a_failed_trial_is_recorded_with_its_error_and_the_sweep_goes_on(base_file: Path, tmp_path: Path):
+    # lr = 1e30 turns the weights to inf after the first step: the next loss is NaN. Process runner: the
+    # error travels from the trial's child process back to the sweep.
+    space = {"model.init_args.lr": [1.0e30, 2.0e-3]}
+    spec = SweepSpec.load(write_sweep(tmp_path, base_file, "nan", search_space=space, runner="process"))
+    lines: list[str] = []
+    study = run_sweep(spec, log=lines.append)
+    by_lr = {t.params["lr"]: t for t in study.get_trials()}
+    failed, good = by_lr[1.0e30], by_lr[2.0e-3]
+    assert failed.state == TrialState.FAIL and good.state == TrialState.COMPLETE
+    assert "non-finite training loss" in failed.user_attrs["error"]
+    # error.txt holds the trial process's own traceback, down to the training step that raised
+    assert "in training_step" in Path(failed.user_attrs["error_log"]).read_text()
+    assert failed.user_attrs["estimated_peak_mib"] > 0  # estimated before it failed
+    assert good.user_attrs["val/dice_mean"] == good.value
+    assert any("FAIL" in line and "non-finite" in line for line in lines), lines
+    assert lines[-1].startswith("sweep nan-cpu: 2/2 trials done")
+
+
+# -------------------------------------------------------------------------------- SIGKILL, resume
+def _wait(condition: Any, proc: subprocess.Popen, what: str, polls: int = 6000) -> None:
+    # Bounded by polls, not by the clock: a machine that pauses processes must not fail the test.
+    for _ in range(polls):
+        if condition():
+            return
+        assert proc.poll() is None, f"the sweep exited (code {proc.returncode}) before {what}"
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _trial_children(job: Path) -> list[int]:
+    """Live processes training the trial of ``job`` (the sweep's child)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if str(job).encode() in cmdline and (proc / "stat").read_text().split()[2] != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_sweep_killed_mid_trial_resumes_without_losing_or_rerunning_trials(
+    base_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Trial 1 waits at its training start while `hold` exists (tests/sweep_gate.py): the kill lands
+    # mid-trial by construction, not by timing. The retry (trial 2) is not held.
+    hold = tmp_path / "hold"
+    gate = {"class_path": "sweep_gate.HoldTrial", "init_args": {"trial": "trial_0001", "hold": str(hold)}}
+    path = write_sweep(
+        tmp_path,
+        base_file,
+        "killed",
+        search_space={"data.init_args.tokenizer": ["lac", "mc"]},
+        overrides={"trainer.callbacks": [gate]},
+        runner="process",
+        storage={"heartbeat_interval": 1, "grace_period": 2},
+    )
+    spec = SweepSpec.load(path)
+    out = spec.resolved_output_dir()
+    job = out / "trial_0001" / "job.json"
+    pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", pythonpath)  # trial processes import sweep_gate
+    cmd = [sys.executable, "-m", "rleseg", "sweep", "--config", str(path)]
+    hold.touch()
+    try:
+        with open(tmp_path / "first.log", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait(lambda: Path(f"{hold}.trial_0001").exists(), proc, "trial 1 to start training")
+            assert _trial_children(job), "trial 1 is held in its own process"
+            assert (out / "trial_0000" / "result.json").is_file()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        hold.unlink()  # released: a trial process that outlived its sweep would now train on
+    # The orphaned trial process notices its parent is gone and stops.
+    for _ in range(600):
+        if not _trial_children(job):
+            break
+        time.sleep(0.2)
+    assert not _trial_children(job), "the killed sweep's trial process is still running"
+    assert not (out / "trial_0001" / "result.json").exists()
+
+    before = load_study(spec).get_trials()
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
+    done, interrupted = before
+
+    assert main(["sweep", "--config", str(path), "--resume"]) == 0
+    after = load_study(spec).get_trials()
+    # The completed trial is kept as it was and not trained again.
+    assert after[0].state == TrialState.COMPLETE and after[0].datetime_complete == done.datetime_complete
+    assert after[0].value == done.value and after[0].user_attrs == done.user_attrs
+    assert Counter(t.params["tokenizer"] for t in after if t.state == TrialState.COMPLETE) == {
+        "lac": 1,
+        "mc": 1,
+    }
+    # The interrupted one failed (stale heartbeat) and was retried once, to completion.
+    assert after[1].state == TrialState.FAIL and after[1].params == interrupted.params
+    (retry,) = after[2:]
+    assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
+    assert retry.user_attrs["retry_of"] == interrupted.number
+    assert retry.system_attrs["retry_history"] == [interrupted.number]
+    progress = study_progress(load_study(spec))
+    assert (progress.done, progress.running, progress.waiting) == (2, 0, 0)
+    assert progress.superseded == {interrupted.number}
+
+
+# ---------------------------------------------------------------------------------------- workers
+def test_two_workers_on_one_sqlite_study_never_train_a_grid_point_twice(base_file: Path, tmp_path: Path):
+    space = {"data.init_args.tokenizer": ["lac", "mc"], "data.init_args.tokenizer_args.subsample": [4, 8]}
+    spec = SweepSpec.load(write_sweep(tmp_path, base_file, "workers", search_space=space))
+    study = run_sweep(spec, workers=2, log=lambda line: None)
+    trials = study.get_trials()
+    trained = [t for t in trials if "train_seconds" in t.user_attrs]
+    points = Counter((t.params["tokenizer"], t.params["subsample"]) for t in trained)
+    assert set(points) == {(k, s) for k in ("lac", "mc") for s in (4, 8)}
+    assert set(points.values()) == {1}, points  # each grid point trained exactly once
+    assert all(t.state == TrialState.COMPLETE for t in trained)
+    # Any extra trial is a duplicate a worker drew in a race, pruned before it trained.
+    for t in trials:
+        if "train_seconds" not in t.user_attrs:
+            assert t.state == TrialState.PRUNED and "duplicate_of" in t.user_attrs, t
+            assert not (spec.resolved_output_dir() / f"trial_{t.number:04d}" / "logs").exists()
+    workers = {t.user_attrs["worker"] for t in trained}
+    assert all(w.rsplit(":", 1)[1] != str(os.getpid()) for w in workers)  # trained by the workers
+    assert study_progress(study).done == 4
