@@ -324,8 +324,9 @@ class RLESegModule(SegModuleBase):
         ranges = [r for r in tokenizer.vocab.ranges if r.name == "start" and r.count == math.prod(shape)]
         if not ranges:
             return  # gap / row-col / dense encodings have no flat start field
-        grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
-        coords = torch.stack([g.reshape(-1) for g in grids], dim=1)
+        from rleseg.models.layers import grid_points
+
+        coords = grid_points(shape)
         stride = self.model.backbone.stride
         for axis, size in zip((-2, -1), self.info.input_size, strict=True):
             ratio = (size / stride) / shape[axis]  # visual tokens per token-mask cell along this axis

@@ -21,6 +21,7 @@ __all__ = [
     "DecoderLayer",
     "EncoderLayer",
     "MLP",
+    "grid_points",
     "init_weights",
     "sincos_at",
     "sincos_position_embedding",
@@ -57,11 +58,19 @@ def sincos_position_embedding(
     """
     if dim % 2 or dim < 2 * len(sizes):
         raise ValueError(f"sin-cos positions need an even dim >= {2 * len(sizes)}; got dim={dim}")
+    return sincos_at(grid_points(sizes, device=device), dim, temperature=temperature).to(dtype)
+
+
+def grid_points(sizes: Sequence[int], *, device: torch.device | str | None = None) -> Tensor:
+    """The integer points of a grid as float ``[prod(sizes), len(sizes)]``, row-major (first axis slowest).
+
+    >>> grid_points((2, 2)).tolist()
+    [[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+    """
     grids = torch.meshgrid(
         *[torch.arange(n, device=device, dtype=torch.float32) for n in sizes], indexing="ij"
     )
-    coords = torch.stack([g.reshape(-1) for g in grids], dim=1)
-    return sincos_at(coords, dim, temperature=temperature).to(dtype)
+    return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
 
 def sincos_at(coords: Tensor, dim: int, *, temperature: float = 10000.0) -> Tensor:
