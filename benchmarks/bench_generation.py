@@ -18,20 +18,24 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from rleseg.models import Pix2Seq
 from rleseg.tokenizers import EOS
 
+T = TypeVar("T")
 
-def best_seconds(fn: Callable[[], object], repeat: int) -> float:
+
+def best_seconds(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
+    """The best wall time of ``repeat`` calls, and the last call's result."""
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        result = fn()
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, result
 
 
 def main() -> None:
@@ -85,15 +89,11 @@ def main() -> None:
             sync()
             return out
 
-        cached_tokens = run(True)  # warm-up (allocations, kernels) and the tokens to compare with
-        t_cached = best_seconds(lambda length=length: run(True, length), args.repeat)
-        uncached_tokens = None
-
-        def run_uncached(length: int = length) -> None:
-            nonlocal uncached_tokens
-            uncached_tokens = run(False, length)
-
-        t_uncached = best_seconds(run_uncached, args.repeat_uncached)
+        run(True)  # warm-up: allocations, kernels
+        t_cached, cached_tokens = best_seconds(lambda length=length: run(True, length), args.repeat)
+        t_uncached, uncached_tokens = best_seconds(
+            lambda length=length: run(False, length), args.repeat_uncached
+        )
         same = torch.equal(cached_tokens, uncached_tokens)
         steps = length - 1
         print(
