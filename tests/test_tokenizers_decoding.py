@@ -284,3 +284,57 @@ def test_panoptic_stuff_after_things_and_wrong_order():
     # a thing group after stuff is not allowed: it is dropped (start+length partial, then the class)
     r = tok.decode_report(np.array([1001, 301, 1002, 202, 101]))
     assert (r.runs_total, r.runs_dropped, r.tokens_dropped) == (2, 1, 3)
+
+
+# ---------------------------------------------------------------- fast paths == general paths
+FAST_VARIANTS = [
+    ("binary", {"num_classes": 2}),
+    ("binary", {"num_classes": 4}),  # all foreground classes count as one
+    ("binary", {"num_classes": 2, "max_run": 3}),
+    ("mc", {"num_classes": 4}),
+    ("mc", {"num_classes": 3, "subsample": 2, "order": "col"}),
+    ("lac", {"num_classes": 4, "max_run": 5}),
+    ("lac", {"num_classes": 3, "subsample": 2, "subsample_method": "any"}),
+]
+
+
+@pytest.mark.parametrize(
+    "name, cfg", FAST_VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FAST_VARIANTS)]
+)
+def test_fast_paths_agree_with_the_general_paths(name, cfg):
+    """binary/mc/lac encode and strict-decode without the grammar parser; both must give exactly what
+    the general (parser) path gives, and leave to it whatever they cannot vouch for."""
+    from rleseg.tokenizers.image import RunTokenizer
+
+    tok = create_tokenizer(name, shape=(8, 6), **cfg)
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        density = rng.uniform(0, 1)
+        mask = np.where(rng.random((8, 6)) < density, rng.integers(0, cfg["num_classes"], (8, 6)), 0)
+        mask = mask.astype(np.uint8) if trial % 3 else (mask > 0)  # bool masks too
+        tokens = tok.encode(mask)
+        np.testing.assert_array_equal(tokens, RunTokenizer.encode(tok, mask))
+        fast, general = tok.decode(tokens), tok.decode_report(tokens, strict=True).mask
+        np.testing.assert_array_equal(fast, general)
+        assert fast.dtype == general.dtype and fast.shape == tok.token_shape
+        # corrupt the sequence: whenever the fast decoder accepts it, the parser must accept it too and
+        # agree; otherwise the general path raises its usual error
+        bad = tokens.copy()
+        if bad.size:
+            bad[rng.integers(bad.size)] = rng.integers(0, tok.vocab_size + 2)
+        fast = tok._decode_strict_fast(bad)
+        if fast is not None:
+            np.testing.assert_array_equal(fast, tok.decode_report(bad, strict=True).mask)
+        else:
+            with pytest.raises(TokenizerError):
+                tok.decode_report(bad, strict=True)
+
+
+def test_fast_paths_leave_bad_input_to_the_general_errors():
+    tok = create_tokenizer("binary", shape=(4, 4))
+    with pytest.raises(TokenizerError, match="class id 2 >= num_classes 2"):
+        tok.encode(np.full((4, 4), 2, dtype=np.uint8))
+    with pytest.raises(TokenizerError, match="shape"):
+        tok.encode(np.zeros((4, 5), dtype=np.uint8))
+    with pytest.raises(TokenizerError):
+        tok.decode(np.array([5, 1, 3, 1]))  # runs out of order

@@ -41,10 +41,12 @@ from rleseg.tokenizers.runs import (
     Order,
     Runs,
     SubsampleMethod,
+    binary_runs,
     check_labels,
     find_runs,
     label_dtype,
     paint_runs,
+    split_runs,
     upsample,
 )
 
@@ -356,6 +358,97 @@ class FlatRunTokenizer(RunTokenizer):
             values = (last[0] - 1) // self.max_run + 1
         return Runs(starts, lengths, values), in_range, 0
 
+    # ------------------------------------------------------------------ fast paths (1-D starts)
+    # A ground-truth mask in, its tokens out, and strict decoding of content tokens back, are the hot
+    # paths of data loading and of the metric ceiling. For the plain 1-D-start schemes (binary, mc, lac;
+    # ``_FAST`` below) they skip the grammar parser: a few whole-array numpy operations each. Any input
+    # they do not fully vouch for goes the general way, which also writes the error message.
+
+    def encode(self, mask: np.ndarray) -> np.ndarray:
+        flat = self._fast_flat(mask) if type(self) in _FAST else None
+        if flat is None:
+            return super().encode(mask)
+        return self._encode_flat(flat)
+
+    def _encode_flat(self, flat: np.ndarray) -> np.ndarray:
+        return self._runs_to_tokens(find_runs(flat, self.max_run))
+
+    def _fast_flat(self, mask: object) -> np.ndarray | None:
+        """The flattened token mask of a uint8/bool mask of the right shape whose labels are all valid;
+        None for anything else (the general path validates it and says what is wrong)."""
+        if type(mask) is not np.ndarray or mask.shape != self.shape or mask.dtype.kind not in "bu":
+            return None
+        hi = int(mask.max())
+        if hi >= self.num_classes:
+            return None
+        token_mask = self.geometry.subsample(mask.view(np.uint8) if mask.dtype.kind == "b" else mask)
+        if self.payload == "binary" and hi > 1:
+            token_mask = (token_mask != 0).view(np.uint8)
+        return self._flatten(token_mask)
+
+    def decode(self, tokens: np.ndarray, *, strict: bool = True) -> np.ndarray:
+        if strict and type(self) in _FAST:
+            mask = self._decode_strict_fast(tokens)
+            if mask is not None:
+                return mask
+        return super().decode(tokens, strict=strict)
+
+    @functools.cached_property
+    def _field_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per field of a run: the token of value 0 (``lo - value_min``), and the count of values."""
+        return (
+            np.array([r.lo - r.value_min for r in self._run_ranges], dtype=np.int64),
+            np.array([r.count for r in self._run_ranges], dtype=np.uint64),
+        )
+
+    def _decode_strict_fast(self, tokens: object) -> np.ndarray | None:
+        """Strict decoding of content tokens (no prompt, EOS or padding) that form sorted, disjoint runs
+        inside the mask; None when that is not so (the general path then decodes or raises)."""
+        k = self.tokens_per_run
+        if type(tokens) is not np.ndarray or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+            return None
+        if tokens.size % k:
+            return None
+        if tokens.size == 0:
+            return self._unflatten(np.zeros(self.flat_size, dtype=label_dtype(self.paint_max)))
+        base, count = self._field_bounds
+        vals = tokens.reshape(-1, k) - base  # field values (start >= 0, length >= 1, class >= 1)
+        # value_min is 0 for starts, 1 for lengths/classes/lac: a range test on value - value_min, where
+        # negatives wrap to huge unsigned numbers, tests both bounds at once
+        if not ((vals - self._value_mins).view(np.uint64) < count).all():
+            return None
+        return self._paint_fast(vals)
+
+    @functools.cached_property
+    def _value_mins(self) -> np.ndarray:
+        return np.array([r.value_min for r in self._run_ranges], dtype=np.int64)
+
+    def _paint_fast(self, vals: np.ndarray) -> np.ndarray | None:
+        starts = vals[:, 0]
+        if self.payload == "lac":
+            values, lengths = np.divmod(vals[:, 1] - 1, self.max_run)
+            values += 1
+            lengths += 1
+        else:
+            lengths, values = vals[:, 1], vals[:, 2]
+        bounds = np.empty(2 * starts.size, dtype=np.int64)  # start, end, start, end, ...
+        bounds[0::2] = starts
+        np.add(starts, lengths, out=bounds[1::2])
+        fill = np.zeros(bounds.size + 1, dtype=label_dtype(self.paint_max))
+        fill[1::2] = values
+        return self._repeat_fill(bounds, fill)
+
+    def _repeat_fill(self, bounds: np.ndarray, fill: np.ndarray) -> np.ndarray | None:
+        """Paint sorted run bounds ``[s0, e0, s1, e1, ...]`` with ``fill`` ``[0, v0, 0, v1, ..., 0]``
+        by one ``np.repeat``; None when the runs overlap, are unsorted or run past the end."""
+        seg = np.empty(bounds.size + 1, dtype=np.int64)  # gap, run, gap, run, ..., gap
+        seg[0] = bounds[0]
+        np.subtract(bounds[1:], bounds[:-1], out=seg[1:-1])
+        seg[-1] = self.flat_size - bounds[-1]
+        if seg.min() < 0:
+            return None
+        return self._unflatten(np.repeat(fill, seg))
+
 
 @register_tokenizer("binary")
 class BinaryRLETokenizer(FlatRunTokenizer):
@@ -375,6 +468,29 @@ class BinaryRLETokenizer(FlatRunTokenizer):
         token_mask = super().subsample(mask)
         return (token_mask != 0).view(np.uint8)
 
+    def _encode_flat(self, flat: np.ndarray) -> np.ndarray:
+        starts, lengths = binary_runs(flat)
+        if lengths.size and lengths.max() > self.max_run:
+            return self._runs_to_tokens(split_runs(Runs(starts, lengths, lengths), self.max_run))
+        base = self._field_bounds[0]
+        out = np.empty((starts.size, 2), dtype=np.int64)
+        np.add(starts, base[0], out=out[:, 0])
+        np.add(lengths, base[1], out=out[:, 1])
+        return out.ravel()
+
+    def _paint_fast(self, vals: np.ndarray) -> np.ndarray | None:
+        bounds = vals.ravel()  # start, length, start, length, ... -> start, end, ... in place
+        bounds[1::2] += bounds[0::2]
+        return self._repeat_fill(bounds, self._zero_one[: bounds.size + 1])
+
+    @functools.cached_property
+    def _zero_one(self) -> np.ndarray:
+        """``[0, 1, 0, 1, ..., 0]`` long enough for the most runs a mask can have (views of it are the
+        fill of every binary decode)."""
+        out = np.zeros(2 * self.flat_size + 1, dtype=np.uint8)
+        out[1::2] = 1
+        return out
+
 
 @register_tokenizer("mc")
 class MultiClassRLETokenizer(FlatRunTokenizer):
@@ -388,6 +504,11 @@ class LengthsAsClassTokenizer(FlatRunTokenizer):
     """Lengths-as-class (SPEC §3, k = 2): ``start, lac`` with ``lac = M·(class−1) + length``."""
 
     payload = "lac"
+
+
+#: the exact classes whose encode/strict decode take the fast paths of FlatRunTokenizer (subclasses such
+#: as the 2-D-start, video and TAC schemes change the geometry or the fields, and keep the general path)
+_FAST = frozenset({BinaryRLETokenizer, MultiClassRLETokenizer, LengthsAsClassTokenizer})
 
 
 class _TwoDStartMixin:

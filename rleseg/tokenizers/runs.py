@@ -252,6 +252,20 @@ def find_runs(flat: np.ndarray, max_run: int | None = None, line: int | None = N
     return split_runs(runs, max_run) if max_run is not None else runs
 
 
+def binary_runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` of the runs of ones in a flat 0/1 uint8 array: the edges of the zero-padded
+    array pair up as start, end, start, end, ...
+
+    >>> [a.tolist() for a in binary_runs(np.array([1, 1, 0, 1, 0, 0, 1], dtype=np.uint8))]
+    [[0, 3, 6], [2, 1, 1]]
+    """
+    padded = np.zeros(flat.size + 2, dtype=flat.dtype)
+    padded[1:-1] = flat
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    starts = edges[0::2]
+    return starts, edges[1::2] - starts
+
+
 def split_runs(runs: Runs, max_run: int) -> Runs:
     """Split runs longer than ``max_run`` into consecutive pieces of ``max_run`` (the last one shorter)."""
     if len(runs) == 0 or runs.lengths.max() <= max_run:
