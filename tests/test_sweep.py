@@ -423,3 +423,41 @@ def test_command_parser_and_argument_errors(tmp_path: Path):
     args = parser.parse_args(["sweep", "--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         sweep_command.run(args)
+
+
+# ------------------------------------------------------------------------- the committed sweeps
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def _scales(path: Path) -> list[str]:
+    return sorted((yaml.safe_load(path.read_text()).get("scales") or {"cpu": {}}).keys())
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.stem for p in SWEEP_FILES])
+def test_every_committed_sweep_and_scale_builds_its_trials(path: Path, tmp_path: Path, capsys):
+    """Each scale of each sweeps/*.yaml: its keys exist in the base experiment, and every grid point
+    gives a trial config; a named choice that swaps a whole section (token_vs_dense's `model`) must
+    give a config the CLI accepts as it stands."""
+    import itertools
+
+    from rleseg.lightning_cli import RlesegCLI
+
+    assert SWEEP_FILES, "no sweeps/*.yaml found"
+    for scale in _scales(path):
+        spec = SweepSpec.load(path, scale=scale)
+        check_keys(spec)
+        grid = spec.grid()
+        points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+        assert len(points) == spec.grid_size() > 0
+        base = spec.base_config()
+        for params in points:
+            config = spec.trial_config(params, base=base)
+            assert config["model"]["class_path"].startswith("rleseg.module.")
+            swaps_section = any(p.labels and p.key in ("model", "data") for p in spec.params)
+            if swaps_section and scale == "cpu":
+                trial_file = tmp_path / "trial.yaml"
+                trial_file.write_text(yaml.safe_dump(config))
+                with pytest.raises(SystemExit) as done:
+                    RlesegCLI(args=["--config", str(trial_file), "--print_config"], run=False)
+                assert done.value.code in (0, None), capsys.readouterr().err
+                assert config["model"]["class_path"] in capsys.readouterr().out
