@@ -111,6 +111,21 @@ def test_composites_are_deterministic_from_the_seed(composites, data_fashion_dir
     assert not (a.image == c.image).all()
 
 
+def test_composite_renders_are_cached_read_only_and_bounded(composites, monkeypatch) -> None:
+    from rleseg.data.sources import composites as module
+
+    split = composites.split("train")
+    first = split.load(2)
+    assert split.load(2) is first  # the second load comes from memory
+    fresh = composites.render("train", 2)
+    assert (first.image == fresh.image).all() and (first.panoptic == fresh.panoptic).all()
+    with pytest.raises(ValueError, match="read-only"):
+        first.semantic[0, 0, 0] = 1  # a cached scene cannot be changed by whoever loaded it
+    monkeypatch.setattr(module, "RENDER_CACHE_BYTES", 0)  # over the limit: rendered every time
+    uncached = composites.split("train")
+    assert uncached.load(2) is not uncached.load(2)
+
+
 def test_validation_objects_come_from_t10k_only(composites) -> None:
     images, _, _ = composites._bank("val")
     assert len(images) == 10_000 and len(composites._bank("train")[0]) == 60_000

@@ -311,9 +311,12 @@ def test_fast_paths_agree_with_the_general_paths(name, cfg):
     for trial in range(300):
         density = rng.uniform(0, 1)
         mask = np.where(rng.random((8, 6)) < density, rng.integers(0, cfg["num_classes"], (8, 6)), 0)
-        mask = mask.astype(np.uint8) if trial % 3 else (mask > 0)  # bool masks too
+        mask = [mask.astype(np.uint8), mask > 0, mask.astype(np.int32)][trial % 3]  # bool and int32 too
         tokens = tok.encode(mask)
         np.testing.assert_array_equal(tokens, RunTokenizer.encode(tok, mask))
+        fast_runs, general_runs = tok.runs(mask), RunTokenizer.runs(tok, mask)
+        for field in ("starts", "lengths", "values"):
+            np.testing.assert_array_equal(getattr(fast_runs, field), getattr(general_runs, field))
         fast, general = tok.decode(tokens), tok.decode_report(tokens, strict=True).mask
         np.testing.assert_array_equal(fast, general)
         assert fast.dtype == general.dtype and fast.shape == tok.token_shape
@@ -336,5 +339,7 @@ def test_fast_paths_leave_bad_input_to_the_general_errors():
         tok.encode(np.full((4, 4), 2, dtype=np.uint8))
     with pytest.raises(TokenizerError, match="shape"):
         tok.encode(np.zeros((4, 5), dtype=np.uint8))
+    with pytest.raises(TokenizerError, match="negative id -1"):
+        tok.encode(np.full((4, 4), -1, dtype=np.int32))
     with pytest.raises(TokenizerError):
         tok.decode(np.array([5, 1, 3, 1]))  # runs out of order

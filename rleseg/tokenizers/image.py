@@ -371,15 +371,22 @@ class FlatRunTokenizer(RunTokenizer):
         return self._encode_flat(flat)
 
     def _encode_flat(self, flat: np.ndarray) -> np.ndarray:
-        return self._runs_to_tokens(find_runs(flat, self.max_run))
+        return self._runs_to_tokens(self._runs_of_flat(flat))
+
+    def _runs_of_flat(self, flat: np.ndarray) -> Runs:
+        return find_runs(flat, self.max_run)
+
+    def runs(self, mask: np.ndarray) -> Runs:
+        flat = self._fast_flat(mask) if type(self) in _FAST else None
+        return super().runs(mask) if flat is None else self._runs_of_flat(flat)
 
     def _fast_flat(self, mask: object) -> np.ndarray | None:
-        """The flattened token mask of a uint8/bool mask of the right shape whose labels are all valid;
-        None for anything else (the general path validates it and says what is wrong)."""
-        if type(mask) is not np.ndarray or mask.shape != self.shape or mask.dtype.kind not in "bu":
+        """The flattened token mask of an integer or bool mask of the right shape whose labels are all
+        valid; None for anything else (the general path validates it and says what is wrong)."""
+        if type(mask) is not np.ndarray or mask.shape != self.shape or mask.dtype.kind not in "biu":
             return None
         hi = int(mask.max())
-        if hi >= self.num_classes:
+        if hi >= self.num_classes or (mask.dtype.kind == "i" and mask.min() < 0):
             return None
         token_mask = self.geometry.subsample(mask.view(np.uint8) if mask.dtype.kind == "b" else mask)
         if self.payload == "binary" and hi > 1:
@@ -467,6 +474,10 @@ class BinaryRLETokenizer(FlatRunTokenizer):
     def subsample(self, mask: np.ndarray) -> np.ndarray:
         token_mask = super().subsample(mask)
         return (token_mask != 0).view(np.uint8)
+
+    def _runs_of_flat(self, flat: np.ndarray) -> Runs:
+        starts, lengths = binary_runs(flat)
+        return split_runs(Runs(starts, lengths, np.ones_like(starts)), self.max_run)
 
     def _encode_flat(self, flat: np.ndarray) -> np.ndarray:
         starts, lengths = binary_runs(flat)

@@ -345,9 +345,20 @@ class CompositeScenes(Source):
         return Clip(out_img, out_sem, out_pan, name=f"{split}/{index}")
 
 
+#: rendered scenes kept per split (and per DataLoader worker): a 64x64 scene is ~28 KiB, so the 3,000
+#: quickstart scenes take ~80 MiB; beyond the limit scenes are rendered on every access again
+RENDER_CACHE_BYTES = 256 * 2**20
+
+
 class _CompositeSplit(SourceSplit):
+    """One split of the composites. Scenes are deterministic in (seed, split, index), and rendering one
+    costs ~3 ms, most of a training sample's loading time: each rendered clip is kept (read-only, up to
+    :data:`RENDER_CACHE_BYTES`), so every epoch after the first loads from memory."""
+
     def __init__(self, source: CompositeScenes, split: str, frames: int) -> None:
         self.source, self.split, self.frames = source, split, frames
+        self._cache: dict[tuple[int, int, int], Clip] = {}
+        self._cache_bytes = 0
 
     def __len__(self) -> int:
         return self.source.sizes[self.split]
@@ -360,4 +371,15 @@ class _CompositeSplit(SourceSplit):
 
     def load(self, i: int, start: int = 0, stop: int | None = None) -> Clip:
         stop = self._check_index(i, start, stop)
-        return self.source.render(self.split, i, start, stop)
+        key = (i, start, stop)
+        clip = self._cache.get(key)
+        if clip is None:
+            clip = self.source.render(self.split, i, start, stop)
+            arrays = [a for a in (clip.image, clip.semantic, clip.panoptic) if a is not None]
+            size = sum(a.nbytes for a in arrays)
+            if self._cache_bytes + size <= RENDER_CACHE_BYTES:
+                for a in arrays:
+                    a.flags.writeable = False  # shared by every later load of this scene
+                self._cache[key] = clip
+                self._cache_bytes += size
+        return clip
