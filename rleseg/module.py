@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
+from torchmetrics import MeanMetric
 
 from rleseg.data.patches import cut_patches, stitch_patches
 from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats
@@ -91,6 +92,10 @@ class SegModuleBase(LightningModule):
         self.test_token_metrics = SegmentationMetrics(n)
         self.val_ceiling = SegmentationMetrics(n)
         self.test_ceiling = SegmentationMetrics(n)
+        # The loss over the whole evaluation set, weighted by what each batch's mean is taken over
+        # (tokens, pixels): the same number whatever the batch size or the number of processes.
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
         if self.info.task == "panoptic":
             things = list(self.info.thing_classes)
             stuffs = [c for c in range(1, n) if c not in set(things)]
@@ -187,19 +192,27 @@ class SegModuleBase(LightningModule):
                     self.log(f"{stage}/{key}", v.float())
                 pq.reset()
 
+    def _log_loss(self, stage: str, loss: torch.Tensor, weight: torch.Tensor | float) -> None:
+        metric = getattr(self, f"{stage}_loss")
+        metric.update(loss.detach(), torch.as_tensor(weight, dtype=loss.dtype, device=loss.device))
+        self.log(f"{stage}/loss", metric, on_step=False, on_epoch=True)
+
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        if self._vis is not None and not self.trainer.sanity_checking:
-            self._save_visualisation(self._vis)
+        if not self.trainer.sanity_checking:
+            # trainer.log_dir broadcasts rank 0's folder: under DDP every rank must ask, although only
+            # rank 0 holds samples to draw (a rank-0-only call leaves rank 0 waiting on a finished peer)
+            log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+            if self._vis is not None:
+                self._save_visualisation(self._vis, log_dir)
         self._vis = None
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
-    def _save_visualisation(self, vis: dict[str, np.ndarray]) -> None:
+    def _save_visualisation(self, vis: dict[str, np.ndarray], log_dir: str) -> None:
         from rleseg.visualize import save_prediction_grid
 
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
         path = Path(log_dir) / "val_predictions" / f"epoch_{self.current_epoch:03d}.png"
         save_prediction_grid(
             path,
@@ -532,7 +545,7 @@ class RLESegModule(SegModuleBase):
         else:
             images, tokens, truncated = batch["image"], batch["tokens"], batch["truncated"]
         loss = self._loss({"image": images, "tokens": tokens})
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=tokens.shape[0])
+        self._log_loss(stage, loss, self.token_weight[tokens[:, 1:]].sum())
         getattr(self, f"{stage}_seq").update(
             torch.as_tensor([int((row != PAD).sum()) - 1 - int((row == EOS).any()) for row in out["tokens"]]),
             runs_total=sum(r.runs_total for r in out["results"]),
@@ -636,7 +649,9 @@ class DenseSegModule(SegModuleBase):
         return {"mask": logits.argmax(dim=-3), "token_mask": None}
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
-        self.log(f"{stage}/loss", self._loss(batch), sync_dist=True, batch_size=batch["image"].shape[0])
+        mask = batch["mask"]  # cross_entropy's mean is over pixels, each weighted by its class's weight
+        weight = mask.numel() if self.class_weights is None else self.class_weights[mask].sum()
+        self._log_loss(stage, self._loss(batch), weight)
         super()._eval_step(batch, batch_idx, stage)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
