@@ -22,7 +22,14 @@ from torchmetrics import Metric
 from torchmetrics.detection import PanopticQuality
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["MetricInputError", "PanopticMetrics", "SegmentationMetrics", "SequenceStats", "per_image_scores"]
+__all__ = [
+    "MetricInputError",
+    "PanopticMetrics",
+    "SegmentationMetrics",
+    "SequenceStats",
+    "WeightedMean",
+    "per_image_scores",
+]
 
 SCORES: tuple[str, ...] = ("recall", "precision", "dice", "iou")
 
@@ -330,3 +337,32 @@ class SequenceStats(Metric):
             "truncated": self.truncated.clone(),
             "truncated_rate": self.truncated.double() / images,
         }
+
+
+class WeightedMean(Metric):
+    """The mean of per-batch means, each weighted by what it was taken over (tokens, pixels): the mean over
+    the whole set, the same whatever the batch size or the number of processes. (States are made with
+    ``torch.zeros``, which, unlike torchmetrics' ``MeanMetric``, builds under the fake tensors of
+    :mod:`rleseg.memory`.)
+
+    >>> m = WeightedMean()
+    >>> m.update(torch.tensor(1.0), 3)
+    >>> m.update(torch.tensor(5.0), 1)
+    >>> float(m.compute())
+    2.0
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: Tensor | float) -> None:
+        weight = torch.as_tensor(weight, dtype=torch.float64, device=self.total.device)
+        self.total += value.detach().to(torch.float64) * weight
+        self.weight += weight
+
+    def compute(self) -> Tensor:
+        return (self.total / self.weight.clamp_min(1e-12)).float()

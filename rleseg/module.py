@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
-from torchmetrics import MeanMetric
 
 from rleseg.data.patches import cut_patches, stitch_patches
-from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats
+from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats, WeightedMean
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
 from rleseg.tokenizers.runs import upsample
 
@@ -94,8 +93,8 @@ class SegModuleBase(LightningModule):
         self.test_ceiling = SegmentationMetrics(n)
         # The loss over the whole evaluation set, weighted by what each batch's mean is taken over
         # (tokens, pixels): the same number whatever the batch size or the number of processes.
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.val_loss = WeightedMean()
+        self.test_loss = WeightedMean()
         if self.info.task == "panoptic":
             things = list(self.info.thing_classes)
             stuffs = [c for c in range(1, n) if c not in set(things)]
@@ -194,7 +193,7 @@ class SegModuleBase(LightningModule):
 
     def _log_loss(self, stage: str, loss: torch.Tensor, weight: torch.Tensor | float) -> None:
         metric = getattr(self, f"{stage}_loss")
-        metric.update(loss.detach(), torch.as_tensor(weight, dtype=loss.dtype, device=loss.device))
+        metric.update(loss, weight)
         self.log(f"{stage}/loss", metric, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:

@@ -245,3 +245,19 @@ def test_sequence_stats_empty_and_errors():
         SequenceStats().update(torch.tensor([1]), runs_total=1, runs_dropped=2, decode_seconds=0.0)
     with pytest.raises(MetricInputError, match="decode_seconds"):
         SequenceStats().update(torch.tensor([1]), runs_total=1, runs_dropped=0, decode_seconds=-1.0)
+
+
+def test_weighted_mean_is_the_mean_over_the_whole_set_whatever_the_batching():
+    """val/loss: per-batch means weighted by their token counts give the mean over all tokens, so one
+    process with batches of 4 and two processes with batches of 2 report the same number."""
+    from rleseg.metrics import WeightedMean
+
+    values = torch.arange(12, dtype=torch.float32) ** 2  # per-token losses
+    whole = values.mean()
+    for sizes in ([4, 4, 4], [2, 5, 5], [1, 11]):
+        metric = WeightedMean()
+        for chunk in values.split(sizes):
+            metric.update(chunk.mean(), chunk.numel())
+        assert float(metric.compute()) == pytest.approx(float(whole), rel=1e-6)
+    # a plain average of the batch means would not be (what Lightning's epoch mean of a float gives)
+    assert float(torch.stack([c.mean() for c in values.split([1, 11])]).mean()) != pytest.approx(float(whole))
