@@ -320,6 +320,7 @@ def test_fast_paths_agree_with_the_general_paths(name, cfg):
         fast, general = tok.decode(tokens), tok.decode_report(tokens, strict=True).mask
         np.testing.assert_array_equal(fast, general)
         assert fast.dtype == general.dtype and fast.shape == tok.token_shape
+        np.testing.assert_array_equal(tok.decode(tokens.astype(np.int32)), general)  # other int dtypes
         # corrupt the sequence: whenever the fast decoder accepts it, the parser must accept it too and
         # agree; otherwise the general path raises its usual error
         bad = tokens.copy()

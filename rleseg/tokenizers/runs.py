@@ -261,7 +261,7 @@ def binary_runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     padded = np.zeros(flat.size + 2, dtype=flat.dtype)
     padded[1:-1] = flat
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    edges = (padded[1:] != padded[:-1]).nonzero()[0]
     starts = edges[0::2]
     return starts, edges[1::2] - starts
 
