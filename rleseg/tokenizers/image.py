@@ -46,6 +46,8 @@ from rleseg.tokenizers.runs import (
     find_runs,
     label_dtype,
     paint_runs,
+    paint_sorted_runs,
+    run_edges,
     split_runs,
     upsample,
 )
@@ -365,7 +367,7 @@ class FlatRunTokenizer(RunTokenizer):
     # they do not fully vouch for goes the general way, which also writes the error message.
 
     def encode(self, mask: np.ndarray) -> np.ndarray:
-        flat = self._fast_flat(mask) if type(self) in _FAST else None
+        flat = self._fast_flat(mask)
         if flat is None:
             return super().encode(mask)
         return self._encode_flat(flat)
@@ -377,13 +379,19 @@ class FlatRunTokenizer(RunTokenizer):
         return find_runs(flat, self.max_run)
 
     def runs(self, mask: np.ndarray) -> Runs:
-        flat = self._fast_flat(mask) if type(self) in _FAST else None
+        flat = self._fast_flat(mask)
         return super().runs(mask) if flat is None else self._runs_of_flat(flat)
 
     def _fast_flat(self, mask: object) -> np.ndarray | None:
         """The flattened token mask of an integer or bool mask of the right shape whose labels are all
-        valid; None for anything else (the general path validates it and says what is wrong)."""
-        if type(mask) is not np.ndarray or mask.shape != self.shape or mask.dtype.kind not in "biu":
+        valid; None for anything else (the general path validates it and says what is wrong) and for the
+        subclasses outside ``_FAST``."""
+        if (
+            type(self) not in _FAST
+            or type(mask) is not np.ndarray
+            or mask.shape != self.shape
+            or mask.dtype.kind not in "biu"
+        ):
             return None
         hi = int(mask.max())
         if hi >= self.num_classes or (mask.dtype.kind == "i" and mask.min() < 0):
@@ -401,11 +409,14 @@ class FlatRunTokenizer(RunTokenizer):
         return super().decode(tokens, strict=strict)
 
     @functools.cached_property
-    def _field_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per field of a run: the token of value 0 (``lo - value_min``), and the count of values."""
+    def _field_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per field of a run: the first token of its range, the value that token stands for, and the
+        number of values."""
+        ranges = self._run_ranges
         return (
-            np.array([r.lo - r.value_min for r in self._run_ranges], dtype=np.int64),
-            np.array([r.count for r in self._run_ranges], dtype=np.uint64),
+            np.array([r.lo for r in ranges], dtype=np.int64),
+            np.array([r.value_min for r in ranges], dtype=np.int64),
+            np.array([r.count for r in ranges], dtype=np.uint64),
         )
 
     def _decode_strict_fast(self, tokens: object) -> np.ndarray | None:
@@ -418,17 +429,12 @@ class FlatRunTokenizer(RunTokenizer):
             return None
         if tokens.size == 0:
             return self._unflatten(np.zeros(self.flat_size, dtype=label_dtype(self.paint_max)))
-        base, count = self._field_bounds
-        vals = tokens.reshape(-1, k) - base  # field values (start >= 0, length >= 1, class >= 1)
-        # value_min is 0 for starts, 1 for lengths/classes/lac: a range test on value - value_min, where
-        # negatives wrap to huge unsigned numbers, tests both bounds at once
-        if not ((vals - self._value_mins).view(np.uint64) < count).all():
+        lo, value_min, count = self._field_bounds
+        index = tokens.reshape(-1, k) - lo  # position inside each field's range
+        # negatives wrap to huge unsigned numbers: one test for both bounds
+        if not (index.view(np.uint64) < count).all():
             return None
-        return self._paint_fast(vals)
-
-    @functools.cached_property
-    def _value_mins(self) -> np.ndarray:
-        return np.array([r.value_min for r in self._run_ranges], dtype=np.int64)
+        return self._paint_fast(index + value_min)  # field values (start >= 0, length >= 1, class >= 1)
 
     def _paint_fast(self, vals: np.ndarray) -> np.ndarray | None:
         starts = vals[:, 0]
@@ -438,23 +444,8 @@ class FlatRunTokenizer(RunTokenizer):
             lengths += 1
         else:
             lengths, values = vals[:, 1], (vals[:, 2] if self.payload == "mc" else 1)
-        bounds = np.empty(2 * starts.size, dtype=np.int64)  # start, end, start, end, ...
-        bounds[0::2] = starts
-        np.add(starts, lengths, out=bounds[1::2])
-        fill = np.zeros(bounds.size + 1, dtype=label_dtype(self.paint_max))
-        fill[1::2] = values
-        return self._repeat_fill(bounds, fill)
-
-    def _repeat_fill(self, bounds: np.ndarray, fill: np.ndarray) -> np.ndarray | None:
-        """Paint sorted run bounds ``[s0, e0, s1, e1, ...]`` with ``fill`` ``[0, v0, 0, v1, ..., 0]``
-        by one ``np.repeat``; None when the runs overlap, are unsorted or run past the end."""
-        seg = np.empty(bounds.size + 1, dtype=np.int64)  # gap, run, gap, run, ..., gap
-        seg[0] = bounds[0]
-        np.subtract(bounds[1:], bounds[:-1], out=seg[1:-1])
-        seg[-1] = self.flat_size - bounds[-1]
-        if seg.min() < 0:
-            return None
-        return self._unflatten(np.repeat(fill, seg))
+        flat = paint_sorted_runs(self.flat_size, starts, lengths, values, label_dtype(self.paint_max))
+        return None if flat is None else self._unflatten(flat)
 
 
 @register_tokenizer("binary")
@@ -484,9 +475,7 @@ class BinaryRLETokenizer(FlatRunTokenizer):
     # a mask takes about ten contiguous numpy operations each way.
 
     def _encode_flat(self, flat: np.ndarray) -> np.ndarray:
-        padded = np.zeros(flat.size + 2, dtype=flat.dtype)
-        padded[1:-1] = flat
-        out = (padded[1:] != padded[:-1]).nonzero()[0]  # start, end, start, end, ...
+        out = run_edges(flat)  # start, end, start, end, ...
         out[1::2] -= out[0::2]  # start, length, ...
         if out.size and out[1::2].max() > self.max_run:
             return self._runs_to_tokens(self._runs_of_flat(flat))
@@ -499,7 +488,7 @@ class BinaryRLETokenizer(FlatRunTokenizer):
         n = tokens.size
         if n % 2 or n == 0:
             return super()._decode_strict_fast(tokens)
-        token_of_zero, lo, count, sign = self._patterns(n)
+        _, lo, count, sign = self._patterns(n)
         idx = tokens - lo  # index inside each field's range: start, length - 1, ...
         if not (idx.view(np.uint64) < count).all():
             return None

@@ -252,16 +252,25 @@ def find_runs(flat: np.ndarray, max_run: int | None = None, line: int | None = N
     return split_runs(runs, max_run) if max_run is not None else runs
 
 
+def run_edges(flat: np.ndarray) -> np.ndarray:
+    """``[start, end, start, end, ...]`` of the runs of non-zero values in a flat 0/1 array: the positions
+    where the zero-padded array changes.
+
+    >>> run_edges(np.array([1, 1, 0, 1, 0, 0, 1], dtype=np.uint8)).tolist()
+    [0, 2, 3, 4, 6, 7]
+    """
+    padded = np.zeros(flat.size + 2, dtype=flat.dtype)
+    padded[1:-1] = flat
+    return (padded[1:] != padded[:-1]).nonzero()[0]
+
+
 def binary_runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, lengths)`` of the runs of ones in a flat 0/1 uint8 array: the edges of the zero-padded
-    array pair up as start, end, start, end, ...
+    """``(starts, lengths)`` of the runs of ones in a flat 0/1 array (from :func:`run_edges`).
 
     >>> [a.tolist() for a in binary_runs(np.array([1, 1, 0, 1, 0, 0, 1], dtype=np.uint8))]
     [[0, 3, 6], [2, 1, 1]]
     """
-    padded = np.zeros(flat.size + 2, dtype=flat.dtype)
-    padded[1:-1] = flat
-    edges = (padded[1:] != padded[:-1]).nonzero()[0]
+    edges = run_edges(flat)
     starts = edges[0::2]
     return starts, edges[1::2] - starts
 
@@ -290,23 +299,30 @@ def paint_runs(
     ``np.repeat``; overlapping model output resolves "last run wins" with ``np.maximum.at`` on run indices.
     ``starts``, ``lengths`` are int64 arrays.
     """
-    r = len(starts)
-    if r == 0:
+    if len(starts) == 0:
         return np.zeros(size, dtype=dtype)
+    painted = paint_sorted_runs(size, starts, lengths, values, dtype)
+    return painted if painted is not None else _paint_clipped(size, starts, starts + lengths, values, dtype)
+
+
+def paint_sorted_runs(
+    size: int, starts: np.ndarray, lengths: np.ndarray, values: np.ndarray | int, dtype: np.dtype
+) -> np.ndarray | None:
+    """:func:`paint_runs` for runs that are sorted, disjoint, non-empty and inside (every ground-truth
+    sequence): one ``np.repeat`` over gap, run, gap, run, ..., gap. None when they are not.
+    ``starts`` must not be empty."""
+    r = len(starts)
     ends = starts + lengths
-    # sorted, disjoint, inside and non-empty (every ground-truth sequence): one np.repeat
-    if r == 1 or (starts[1:] >= ends[:-1]).all():
-        if ends[-1] > size or starts[0] < 0 or lengths.min() < 1:
-            return _paint_clipped(size, starts, ends, values, dtype)
-        seg = np.empty(2 * r + 1, dtype=np.int64)
-        seg[0] = starts[0]
-        seg[2:-1:2] = starts[1:] - ends[:-1]
-        seg[1:-1:2] = lengths
-        seg[-1] = size - ends[-1]
-        vals = np.zeros(2 * r + 1, dtype=dtype)
-        vals[1::2] = values
-        return np.repeat(vals, seg)
-    return _paint_clipped(size, starts, ends, values, dtype)
+    seg = np.empty(2 * r + 1, dtype=np.int64)
+    seg[0] = starts[0]
+    seg[2:-1:2] = starts[1:] - ends[:-1]
+    seg[1:-1:2] = lengths
+    seg[-1] = size - ends[-1]
+    if seg.min() < 0 or lengths.min() < 1:
+        return None
+    fill = np.zeros(2 * r + 1, dtype=dtype)
+    fill[1::2] = values
+    return np.repeat(fill, seg)
 
 
 def _paint_clipped(
