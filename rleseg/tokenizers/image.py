@@ -41,18 +41,22 @@ from rleseg.tokenizers.runs import (
     Order,
     Runs,
     SubsampleMethod,
+    all_true,
     binary_runs,
     check_labels,
     find_runs,
     label_dtype,
+    largest,
     paint_runs,
     paint_sorted_runs,
     run_edges,
+    smallest,
     split_runs,
     upsample,
 )
 
 Truncation = Literal["tail", "longest"]
+_INT64 = np.dtype(np.int64)
 Field = tuple[str, int, int]  # (name, count, value_min) for VocabLayout.build
 
 
@@ -386,17 +390,18 @@ class FlatRunTokenizer(RunTokenizer):
         """The flattened token mask of an integer or bool mask of the right shape whose labels are all
         valid; None for anything else (the general path validates it and says what is wrong) and for the
         subclasses outside ``_FAST``."""
-        if (
-            type(self) not in _FAST
-            or type(mask) is not np.ndarray
-            or mask.shape != self.shape
-            or mask.dtype.kind not in "biu"
-        ):
+        if type(self) not in _FAST or type(mask) is not np.ndarray or mask.shape != self.shape:
             return None
-        hi = int(mask.max())
-        if hi >= self.num_classes or (mask.dtype.kind == "i" and mask.min() < 0):
+        kind = mask.dtype.kind
+        if kind == "b":  # nothing to check
+            hi, mask = 1, mask.view(np.uint8)
+        elif kind in "iu":
+            hi = largest(mask)
+            if hi >= self.num_classes or (kind == "i" and smallest(mask) < 0):
+                return None
+        else:
             return None
-        token_mask = self.geometry.subsample(mask.view(np.uint8) if mask.dtype.kind == "b" else mask)
+        token_mask = self.geometry.subsample(mask)
         if self.payload == "binary" and hi > 1:
             token_mask = (token_mask != 0).view(np.uint8)
         return self._flatten(token_mask)
@@ -432,7 +437,7 @@ class FlatRunTokenizer(RunTokenizer):
         lo, value_min, count = self._field_bounds
         index = tokens.reshape(-1, k) - lo  # position inside each field's range
         # negatives wrap to huge unsigned numbers: one test for both bounds
-        if not (index.view(np.uint64) < count).all():
+        if not all_true(index.view(np.uint64) < count):
             return None
         return self._paint_fast(index + value_min)  # field values (start >= 0, length >= 1, class >= 1)
 
@@ -472,40 +477,43 @@ class BinaryRLETokenizer(FlatRunTokenizer):
 
     # Binary masks are the case where pycocotools is the yardstick: two C calls per mask. The paths below
     # use interleaved (start, length, start, length, ...) arrays and per-position patterns throughout, so
-    # a mask takes about ten contiguous numpy operations each way.
+    # a mask takes about ten numpy operations each way. On small masks (80²) the fixed cost of each numpy
+    # call (1-3 µs) is most of the time: hence argmin/argmax (``smallest``, ``largest``, ``all_true``) in
+    # place of ufunc reductions, and no padded or intermediate copies.
 
     def _encode_flat(self, flat: np.ndarray) -> np.ndarray:
         out = run_edges(flat)  # start, end, start, end, ...
         out[1::2] -= out[0::2]  # start, length, ...
-        if out.size and out[1::2].max() > self.max_run:
+        if out.size and largest(out[1::2]) > self.max_run:
             return self._runs_to_tokens(self._runs_of_flat(flat))
-        out += self._patterns(out.size)[0]
+        out += self._patterns(out.size)[0][: out.size]
         return out
 
     def _decode_strict_fast(self, tokens: object) -> np.ndarray | None:
-        if type(tokens) is not np.ndarray or tokens.dtype != np.int64 or tokens.ndim != 1:
+        if type(tokens) is not np.ndarray or tokens.dtype != _INT64 or tokens.ndim != 1:
             return super()._decode_strict_fast(tokens)
         n = tokens.size
         if n % 2 or n == 0:
             return super()._decode_strict_fast(tokens)
-        _, lo, count, sign = self._patterns(n)
-        idx = tokens - lo  # index inside each field's range: start, length - 1, ...
-        if not (idx.view(np.uint64) < count).all():
+        offset, lo, count = self._patterns(n)
+        # every token in its field's range (negatives wrap to huge unsigned numbers): nothing below overflows
+        if not all_true((tokens - lo[:n]).view(np.uint64) < count[:n]):
             return None
-        idx[1::2] += idx[0::2]  # start, end - 1, start, end - 1, ...
-        seg = np.empty(n + 1, dtype=np.int64)  # gap, length, gap, length, ..., gap
-        seg[0] = idx[0]
-        np.subtract(idx[1:], idx[:-1], out=seg[1:-1])  # length - 1, gap + 1, ...
-        seg[1:-1] += sign
-        seg[-1] = self.flat_size - 1 - idx[-1]
-        if seg.min() < 0:  # overlapping, unsorted, or past the end: the general path says which
-            return None
-        return self._unflatten(np.repeat(self._zero_one[: n + 1], seg))
+        bounds = np.empty(n + 2, dtype=np.int64)  # 0, start, end, start, end, ..., size
+        bounds[0], bounds[-1] = 0, self.flat_size
+        vals = np.subtract(tokens, offset[:n], out=bounds[1:-1])  # start, length, start, length, ...
+        vals[1::2] += vals[0::2]  # start, end, ...
+        seg = bounds[1:] - bounds[:-1]  # gap, length, gap, length, ..., gap
+        try:  # repeat rejects a negative gap (runs unsorted, overlapping or past the end), and a fill
+            flat = self._zero_one[: n + 1].repeat(seg)  # too short for more runs than the mask has pixels
+        except ValueError:
+            return None  # the general path says what is wrong
+        return self._unflatten(flat)
 
-    def _patterns(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per-position constants of an ``n``-token sequence: the token of value 0 (encoding), the first
-        token of each field's range, the range sizes (decoding), and the ``+1, -1, ...`` that turns
-        differences of (start, end - 1) bounds into lengths and gaps. Grown on demand, then sliced."""
+    def _patterns(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-position constants of sequences of up to ``n`` tokens (slice them to the length): the token
+        of value 0 (``token = value + offset``), the first token of each field's range and the range
+        sizes. Grown on demand."""
         cache = self._pattern_cache
         if cache is None or cache[0].size < n:
             pairs = max(n // 2, 2 * (cache[0].size // 2 if cache is not None else 64))
@@ -514,12 +522,11 @@ class BinaryRLETokenizer(FlatRunTokenizer):
                 np.tile(np.array([start.lo - start.value_min, length.lo - length.value_min]), pairs),
                 np.tile(np.array([start.lo, length.lo], dtype=np.int64), pairs),
                 np.tile(np.array([start.count, length.count], dtype=np.uint64), pairs),
-                np.tile(np.array([1, -1], dtype=np.int64), pairs),
             )
             self._pattern_cache = cache
-        return cache[0][:n], cache[1][:n], cache[2][:n], cache[3][: n - 1]
+        return cache
 
-    _pattern_cache: tuple[np.ndarray, ...] | None = None
+    _pattern_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @functools.cached_property
     def _zero_one(self) -> np.ndarray:
