@@ -228,8 +228,9 @@ class RLESegModule(SegModuleBase):
 
     Args:
         data_info: sizes linked from the DataModule by the CLI.
-        backbone, pretrained, weights_path, feature_stride, d_model, encoder_layers, decoder_layers,
-            num_heads, mlp_dim, dropout, fusion: see :class:`rleseg.models.Pix2Seq`.
+        backbone, pretrained, weights_path, feature_stride, deep_stride, backbone_kwargs, d_model,
+            encoder_layers, decoder_layers, num_heads, mlp_dim, dropout, fusion: see
+            :class:`rleseg.models.Pix2Seq`.
         eos_weight: loss weight of EOS targets. pad_weight: of PAD targets (the reference used 0.1
             with no EOS; with an explicit EOS, 0 is the clean choice).
         class_token_weight: loss weight of tokens that carry the class (``class``/``lac``/... ranges),
@@ -252,6 +253,8 @@ class RLESegModule(SegModuleBase):
         pretrained: bool = False,
         weights_path: str | None = None,
         feature_stride: int = 16,
+        deep_stride: int | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         d_model: int = 256,
         encoder_layers: int = 6,
         decoder_layers: int = 6,
@@ -295,6 +298,8 @@ class RLESegModule(SegModuleBase):
             weights_path=weights_path,
             in_chans=info.in_chans,
             feature_stride=feature_stride,
+            deep_stride=deep_stride,
+            backbone_kwargs=backbone_kwargs,
             d_model=d_model,
             encoder_layers=encoder_layers,
             decoder_layers=decoder_layers,
@@ -586,6 +591,7 @@ class DenseSegModule(SegModuleBase):
         pretrained: bool = False,
         weights_path: str | None = None,
         feature_stride: int = 8,
+        backbone_kwargs: dict[str, Any] | None = None,
         decoder_channels: int = 64,
         class_weights: list[float] | None = None,
         lr: float = 1e-3,
@@ -614,6 +620,7 @@ class DenseSegModule(SegModuleBase):
             feature_stride=feature_stride,
             decoder_channels=decoder_channels,
             frames=self.info.frames if self.info.task == "video" else 1,
+            backbone_kwargs=backbone_kwargs,
         )
         if class_weights is not None and len(class_weights) != self.num_classes:
             raise ValueError(f"class_weights needs {self.num_classes} values, got {len(class_weights)}")

@@ -183,6 +183,27 @@ def test_backbone_stride_selects_the_stage_and_drops_deeper_ones(stride, channel
     assert sum(p.numel() for p in bb.parameters()) < full
 
 
+def test_deep_stride_adds_the_deeper_stages_at_the_feature_stride_resolution():
+    torch.manual_seed(0)
+    bb = create_backbone("test_resnet", feature_stride=8, deep_stride=32)
+    assert (bb.stride, bb.out_channels, len(bb.lateral)) == (8, 48, 2)  # the 16 and 32 maps
+    x = torch.randn(2, 3, 64, 64)
+    out = bb(x)
+    assert out.shape == (2, 48, 8, 8)
+    shallow = bb.body(x)[0]
+    assert not torch.allclose(out, shallow)  # the deeper maps contribute
+    out.sum().backward()
+    assert all(p.grad is not None for p in bb.lateral.parameters())
+    for proj in bb.lateral:
+        torch.nn.init.zeros_(proj.weight)
+        torch.nn.init.zeros_(proj.bias)
+    with torch.no_grad():
+        assert torch.equal(bb(x), shallow)  # ... and only through their projections
+    for bad in (8, 12):
+        with pytest.raises(BackboneError, match=rf"deep_stride={bad} must be one of them and > feature"):
+            create_backbone("test_resnet", feature_stride=8, deep_stride=bad)
+
+
 def test_feature_pyramid_levels():
     fp = create_feature_pyramid("test_convnext", max_stride=16)
     assert fp.strides == [4, 8, 16]

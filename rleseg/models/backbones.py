@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -239,26 +240,38 @@ def load_backbone_weights(model: nn.Module, weights_path: str | Path, *, in_chan
 class TimmBackbone(nn.Module):
     """A timm feature model that returns ONE feature map ``[B, out_channels, H/stride, W/stride]``.
 
+    With deeper stages (``create_backbone(..., deep_stride=...)``) each deeper map is projected to
+    ``out_channels`` by a 1×1 convolution, upsampled to the returned map's size and added to it: the map
+    keeps its resolution and gains the deeper stages' semantics (a one-step feature pyramid).
+
     Attributes:
         name: the timm model name.
         out_channels: channels of the feature map.
         stride: its reduction relative to the input.
-        body: the underlying ``features_only`` timm model.
+        body: the underlying ``features_only`` timm model (its first output is the returned map).
+        lateral: the 1×1 projections of the deeper maps (empty without ``deep_stride``).
     """
 
-    def __init__(self, name: str, body: nn.Module, out_channels: int, stride: int) -> None:
+    def __init__(
+        self, name: str, body: nn.Module, out_channels: int, stride: int, deep_channels: Sequence[int] = ()
+    ) -> None:
         super().__init__()
         self.name = name
         self.body = body
         self.out_channels = out_channels
         self.stride = stride
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in deep_channels)
 
     @property
     def weights_report(self) -> WeightsReport | None:
         return getattr(self.body, "weights_report", None)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.body(images)[-1]
+        maps = self.body(images)
+        x = maps[0]
+        for proj, deep in zip(self.lateral, maps[1:], strict=True):
+            x = x + F.interpolate(proj(deep), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x
 
 
 class FeaturePyramid(nn.Module):
@@ -287,6 +300,7 @@ def create_backbone(
     weights_path: str | Path | None = None,
     in_chans: int = 3,
     feature_stride: int = 16,
+    deep_stride: int | None = None,
     **kwargs: Any,
 ) -> TimmBackbone:
     """Any timm model as a single-feature-map extractor at reduction ``feature_stride``.
@@ -299,6 +313,9 @@ def create_backbone(
         weights_path: a local weights file to load instead (see :func:`load_backbone_weights`).
         in_chans: input channels (1 for grey-scale, 3 for RGB).
         feature_stride: the reduction of the returned map (e.g. 8, 16, 32).
+        deep_stride: also run the stages down to this reduction and add their maps, projected and
+            upsampled, to the returned one (``None``: stop at ``feature_stride``). On small inputs a
+            stride-8 map has the resolution the tokens need but only the shallow stages' semantics.
         **kwargs: passed to ``timm.create_model`` (e.g. ``channels=(32, 64, 128, 256)`` for a timm
             ResNet with reduced widths, ``drop_path_rate``).
 
@@ -312,23 +329,35 @@ def create_backbone(
     >>> bb = create_backbone("resnet18", feature_stride=8)
     >>> bb.out_channels, bb.stride, tuple(bb(torch.zeros(1, 3, 64, 64)).shape)
     (128, 8, (1, 128, 8, 8))
+    >>> tuple(create_backbone("resnet18", feature_stride=8, deep_stride=32)(torch.zeros(1, 3, 64, 64)).shape)
+    (1, 128, 8, 8)
     """
     _check_name(name)
     infos = _feature_info(name, in_chans, kwargs)
     matching = [i for i in infos if int(i["reduction"]) == feature_stride]
     if not matching:
         raise _strides_error(name, infos, f"feature_stride={feature_stride} is not one of them")
-    info = matching[-1]
+    indices = [int(matching[-1]["index"])]
+    if deep_stride is not None:
+        if deep_stride <= feature_stride or not any(int(i["reduction"]) == deep_stride for i in infos):
+            what = f"deep_stride={deep_stride} must be one of them and > feature_stride={feature_stride}"
+            raise _strides_error(name, infos, what)
+        deepest: dict[int, int] = {}
+        for info in infos:
+            if feature_stride < int(info["reduction"]) <= deep_stride:
+                deepest[int(info["reduction"])] = int(info["index"])  # later stages of a reduction win
+        indices += [deepest[r] for r in sorted(deepest)]
     body = _create_features(
         name,
-        (int(info["index"]),),
+        tuple(indices),
         pretrained=pretrained,
         weights_path=weights_path,
         in_chans=in_chans,
         kwargs=kwargs,
     )
+    channels = [int(c) for c in body.feature_info.channels()]
     return TimmBackbone(
-        name, body, int(body.feature_info.channels()[-1]), int(body.feature_info.reduction()[-1])
+        name, body, channels[0], int(body.feature_info.reduction()[0]), deep_channels=channels[1:]
     )
 
 

@@ -199,6 +199,9 @@ class Pix2Seq(nn.Module):
         weights_path: local backbone weights (see ``rleseg.models.backbones.load_backbone_weights``).
         in_chans: input channels.
         feature_stride: reduction of the backbone map the encoder reads (input 64 / stride 8 = 8×8 tokens).
+        deep_stride: also run the backbone's deeper stages down to this reduction and add them, projected
+            and upsampled, to that map (see :func:`~rleseg.models.backbones.create_backbone`); ``None``:
+            the backbone stops at ``feature_stride``.
         d_model: token width (divisible by ``num_heads``, even).
         encoder_layers: transformer encoder layers (≥ 1).
         decoder_layers: transformer decoder layers (≥ 1).
@@ -266,6 +269,7 @@ class Pix2Seq(nn.Module):
         weights_path: str | Path | None = None,
         in_chans: int = 3,
         feature_stride: int = 16,
+        deep_stride: int | None = None,
         d_model: int = 256,
         encoder_layers: int = 6,
         decoder_layers: int = 6,
@@ -302,6 +306,7 @@ class Pix2Seq(nn.Module):
             weights_path=weights_path,
             in_chans=in_chans,
             feature_stride=feature_stride,
+            deep_stride=deep_stride,
             **(backbone_kwargs or {}),
         )
         self.encoder = VisualEncoder(
