@@ -293,6 +293,15 @@ def _strides_error(name: str, infos: list[dict[str, Any]], what: str) -> Backbon
     return BackboneError(f"backbone {name!r} has feature maps at reductions {available}; {what}")
 
 
+def _deepest_stages(infos: list[dict[str, Any]], *, above: int, upto: int) -> list[int]:
+    """Stage indices of the deepest stage of every reduction in ``(above, upto]``, shallowest first."""
+    deepest: dict[int, int] = {}
+    for info in infos:
+        if above < int(info["reduction"]) <= upto:
+            deepest[int(info["reduction"])] = int(info["index"])  # later stages of a reduction win
+    return [deepest[r] for r in sorted(deepest)]
+
+
 def create_backbone(
     name: str,
     *,
@@ -342,11 +351,7 @@ def create_backbone(
         if deep_stride <= feature_stride or not any(int(i["reduction"]) == deep_stride for i in infos):
             what = f"deep_stride={deep_stride} must be one of them and > feature_stride={feature_stride}"
             raise _strides_error(name, infos, what)
-        deepest: dict[int, int] = {}
-        for info in infos:
-            if feature_stride < int(info["reduction"]) <= deep_stride:
-                deepest[int(info["reduction"])] = int(info["index"])  # later stages of a reduction win
-        indices += [deepest[r] for r in sorted(deepest)]
+        indices += _deepest_stages(infos, above=feature_stride, upto=deep_stride)
     body = _create_features(
         name,
         tuple(indices),
@@ -382,11 +387,7 @@ def create_feature_pyramid(
     infos = _feature_info(name, in_chans, kwargs)
     if not any(int(i["reduction"]) == max_stride for i in infos):
         raise _strides_error(name, infos, f"max_stride={max_stride} is not one of them")
-    deepest: dict[int, dict[str, Any]] = {}
-    for info in infos:
-        if int(info["reduction"]) <= max_stride:
-            deepest[int(info["reduction"])] = info  # later stages of the same reduction win
-    out_indices = tuple(int(deepest[r]["index"]) for r in sorted(deepest))
+    out_indices = tuple(_deepest_stages(infos, above=0, upto=max_stride))
     body = _create_features(
         name, out_indices, pretrained=pretrained, weights_path=weights_path, in_chans=in_chans, kwargs=kwargs
     )
