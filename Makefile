@@ -18,7 +18,7 @@ system-deps:
 		echo "note: not root or no apt-get; install the data with: sudo apt-get install -y dataset-fashion-mnist mricron-data"; \
 	fi
 
-$(BIN)/rleseg: pyproject.toml
+$(BIN)/rleseg: pyproject.toml setup.py rleseg/tokenizers/_kernels.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -291,29 +291,55 @@ FAST_VARIANTS = [
     ("binary", {"num_classes": 2}),
     ("binary", {"num_classes": 4}),  # all foreground classes count as one
     ("binary", {"num_classes": 2, "max_run": 3}),
+    ("binary", {"num_classes": 2, "shape": (5, 37)}),  # rows long enough for the kernel's 8-byte scan
     ("mc", {"num_classes": 4}),
     ("mc", {"num_classes": 3, "subsample": 2, "order": "col"}),
+    ("mc", {"num_classes": 3, "shape": (4, 33), "max_run": 12}),
     ("lac", {"num_classes": 4, "max_run": 5}),
     ("lac", {"num_classes": 3, "subsample": 2, "subsample_method": "any"}),
+    ("lac", {"num_classes": 3, "shape": (6, 40), "order": "col"}),
 ]
+
+
+@pytest.fixture(params=["kernels", "numpy"])
+def fast_path(request, monkeypatch):
+    """Run a test with the compiled kernels (skipped where they were not built) and without them."""
+    from rleseg.tokenizers import runs
+
+    if request.param == "numpy":
+        monkeypatch.setattr(runs, "kernels", None)
+    elif runs.kernels is None:
+        pytest.skip("the compiled kernels are not built (no C compiler, or RLESEG_NO_EXTENSIONS=1)")
+    return request.param
 
 
 @pytest.mark.parametrize(
     "name, cfg", FAST_VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FAST_VARIANTS)]
 )
-def test_fast_paths_agree_with_the_general_paths(name, cfg):
-    """binary/mc/lac encode and strict-decode without the grammar parser; both must give exactly what
-    the general (parser) path gives, and leave to it whatever they cannot vouch for."""
+def test_fast_paths_agree_with_the_general_paths(name, cfg, fast_path):
+    """binary/mc/lac encode and strict-decode without the grammar parser (compiled kernels, else a few
+    numpy calls); both must give exactly what the general (parser) path gives, and leave to it whatever
+    they cannot vouch for."""
     from rleseg.tokenizers.image import RunTokenizer
 
-    tok = create_tokenizer(name, shape=(8, 6), **cfg)
+    cfg = dict(cfg)
+    shape = cfg.pop("shape", (8, 6))
+    tok = create_tokenizer(name, shape=shape, **cfg)
     rng = np.random.default_rng(0)
     for trial in range(300):
         density = rng.uniform(0, 1)
-        mask = np.where(rng.random((8, 6)) < density, rng.integers(0, cfg["num_classes"], (8, 6)), 0)
-        mask = [mask.astype(np.uint8), mask > 0, mask.astype(np.int32)][trial % 3]  # bool and int32 too
+        mask = np.where(rng.random(shape) < density, rng.integers(0, cfg["num_classes"], shape), 0)
+        if trial % 4 == 3:  # long runs, and runs that go on across line ends
+            mask = np.repeat(mask.ravel()[:: shape[1]], shape[1]).reshape(shape)
+        mask = [mask.astype(np.uint8), mask > 0, mask.astype(np.int32), mask.astype(np.int64)][trial % 4]
+        if mask.dtype == bool and cfg["num_classes"] > 2 and name != "binary":
+            mask = mask.astype(np.uint8)
         tokens = tok.encode(mask)
         np.testing.assert_array_equal(tokens, RunTokenizer.encode(tok, mask))
+        sequence, truncated, num_runs = tok.encode_sequence(mask)
+        general = RunTokenizer.encode_sequence(tok, mask)
+        np.testing.assert_array_equal(sequence, general[0])
+        assert (truncated, num_runs) == general[1:]
         fast_runs, general_runs = tok.runs(mask), RunTokenizer.runs(tok, mask)
         for field in ("starts", "lengths", "values"):
             np.testing.assert_array_equal(getattr(fast_runs, field), getattr(general_runs, field))
@@ -321,17 +347,57 @@ def test_fast_paths_agree_with_the_general_paths(name, cfg):
         np.testing.assert_array_equal(fast, general)
         assert fast.dtype == general.dtype and fast.shape == tok.token_shape
         np.testing.assert_array_equal(tok.decode(tokens.astype(np.int32)), general)  # other int dtypes
-        # corrupt the sequence: whenever the fast decoder accepts it, the parser must accept it too and
+        np.testing.assert_array_equal(tok.decode(np.repeat(tokens, 2)[::2]), general)  # a strided view
+        # corrupt the sequence: whenever a fast decoder accepts it, the parser must accept it too and
         # agree; otherwise the general path raises its usual error
         bad = tokens.copy()
         if bad.size:
             bad[rng.integers(bad.size)] = rng.integers(0, tok.vocab_size + 2)
-        fast = tok._decode_strict_fast(bad)
+        fast = tok._decode_strict_fast(bad) if fast_path == "numpy" else tok._kernel_decode(bad)
         if fast is not None:
             np.testing.assert_array_equal(fast, tok.decode_report(bad, strict=True).mask)
         else:
             with pytest.raises(TokenizerError):
                 tok.decode_report(bad, strict=True)
+
+
+def test_kernels_are_built():
+    """The compiled kernels are what make small binary masks faster than pycocotools (benchmarks/
+    bench_tokenizers.py); an install with a C compiler must have them."""
+    import os
+
+    from rleseg.tokenizers import runs
+
+    if os.environ.get("RLESEG_NO_EXTENSIONS", "") not in ("", "0"):
+        pytest.skip("RLESEG_NO_EXTENSIONS is set")
+    assert runs.kernels is not None, "rleseg/tokenizers/_kernels.c was not built: run `make install` again"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float32])
+def test_bad_labels_give_the_same_error_with_and_without_kernels(dtype, monkeypatch):
+    """Out-of-range labels, also at pixels subsampling skips, raise the general path's error either way."""
+    from rleseg.tokenizers import runs
+
+    messages = {}
+    for path in ("kernels", "numpy"):
+        if path == "numpy":
+            monkeypatch.setattr(runs, "kernels", None)
+        found = []
+        for name, factor in [("binary", 1), ("mc", 1), ("lac", 2), ("mc", 2)]:
+            tok = create_tokenizer(name, num_classes=3, shape=(4, 4), subsample=factor)
+            for value, at in [(3, (0, 0)), (-1, (0, 0)), (3, (3, 3)), (-1, (2, 3)), (0.5, (1, 1))]:
+                mask = np.zeros((4, 4), dtype=np.float64)
+                mask[at] = value
+                if np.dtype(dtype).kind == "u" and value < 0 or np.dtype(dtype).kind in "iu" and value % 1:
+                    continue
+                try:
+                    tok.encode(mask.astype(dtype))
+                    found.append(None)
+                except TokenizerError as e:
+                    found.append(str(e))
+        messages[path] = found
+    assert messages["kernels"] == messages["numpy"]
+    assert all(messages["numpy"]), messages["numpy"]  # every case is an error
 
 
 def test_fast_paths_leave_bad_input_to_the_general_errors():

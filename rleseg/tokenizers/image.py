@@ -23,6 +23,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
+from rleseg.tokenizers import runs as _runs
 from rleseg.tokenizers.base import (
     EOS,
     PAD,
@@ -371,10 +372,76 @@ class FlatRunTokenizer(RunTokenizer):
     # they do not fully vouch for goes the general way, which also writes the error message.
 
     def encode(self, mask: np.ndarray) -> np.ndarray:
+        tokens = self._kernel_encode(mask)
+        if tokens is not None:
+            return tokens
         flat = self._fast_flat(mask)
         if flat is None:
             return super().encode(mask)
         return self._encode_flat(flat)
+
+    def encode_sequence(self, mask: np.ndarray) -> tuple[np.ndarray, bool, int]:
+        tokens = self._kernel_encode(mask)
+        if tokens is None or (self.max_seq_len is not None and tokens.size > self.max_seq_len - 2):
+            return super().encode_sequence(mask)  # truncation needs the runs
+        return self._assemble(tokens), False, tokens.size // self.tokens_per_run
+
+    _KIND: ClassVar[dict[str, int]] = {"binary": 0, "mc": 1, "lac": 2}
+
+    def _kernel_encode(self, mask: object) -> np.ndarray | None:
+        """Tokens from the compiled kernel (one pass over the token mask, read through a strided view);
+        None without the kernels, for the subclasses outside ``_FAST`` and for any mask it does not vouch
+        for (the numpy paths then encode it or say what is wrong)."""
+        kernels = _runs.kernels
+        if (
+            kernels is None
+            or type(self) not in _FAST
+            or type(mask) is not np.ndarray
+            or mask.shape != self.shape
+        ):
+            return None
+        if self.geometry.factor > 1:  # the kernel reads only the token mask: check every label here
+            kind = mask.dtype.kind
+            if kind not in "biu" or (
+                kind != "b" and (largest(mask) >= self.num_classes or (kind == "i" and smallest(mask) < 0))
+            ):
+                return None
+        view = self.geometry.subsample(mask)
+        if self.order == "col":
+            view = view.T
+        buf = kernels.encode(
+            view, self._KIND[self.payload], self.num_classes, self.max_run, *self._token_offsets
+        )
+        return None if buf is None else np.frombuffer(buf, dtype=_INT64)
+
+    @functools.cached_property
+    def _token_offsets(self) -> tuple[int, int, int]:
+        """``token - value`` of each field of a run (0 for a field the scheme lacks)."""
+        offsets = [r.lo - r.value_min for r in self._run_ranges]
+        return (*offsets, 0, 0)[:3]  # type: ignore[return-value]
+
+    def _kernel_decode(self, tokens: object) -> np.ndarray | None:
+        """Strict decoding by the compiled kernel into a uint8 mask; None where it does not apply or the
+        tokens are not sorted, disjoint, in-range runs."""
+        kernels = _runs.kernels
+        if (
+            kernels is None
+            or type(tokens) is not np.ndarray
+            or tokens.dtype != _INT64
+            or self.paint_max > 255
+        ):
+            return None
+        out = np.empty(self.token_shape, dtype=np.uint8)
+        height = self.token_shape[-2] if self.order == "col" else 0
+        ok = kernels.decode(tokens, out, self._KIND[self.payload], self.max_run, height, *self._kernel_fields)
+        return out if ok else None
+
+    @functools.cached_property
+    def _kernel_fields(self) -> tuple[int, ...]:
+        """(first token, number of values, first value) of each field of a run, padded to three fields."""
+        fields = [(r.lo, r.count, r.value_min) for r in self._run_ranges]
+        fields += [(0, 0, 0)] * (3 - len(fields))
+        return tuple(int(v) for field in fields for v in field)
 
     def _encode_flat(self, flat: np.ndarray) -> np.ndarray:
         return self._runs_to_tokens(self._runs_of_flat(flat))
@@ -408,7 +475,9 @@ class FlatRunTokenizer(RunTokenizer):
 
     def decode(self, tokens: np.ndarray, *, strict: bool = True) -> np.ndarray:
         if strict and type(self) in _FAST:
-            mask = self._decode_strict_fast(tokens)
+            mask = self._kernel_decode(tokens)
+            if mask is None:
+                mask = self._decode_strict_fast(tokens)
             if mask is not None:
                 return mask
         return super().decode(tokens, strict=strict)

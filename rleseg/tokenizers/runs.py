@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +28,23 @@ Order = Literal["row", "col"]
 SubsampleMethod = Literal["nearest", "any"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _load_kernels():  # noqa: ANN202 - a module or None
+    """The compiled kernels (``rleseg/tokenizers/_kernels.c``) when they were built and not switched off
+    with ``RLESEG_NO_EXTENSIONS=1``; None otherwise (the numpy paths then do all the work)."""
+    if os.environ.get("RLESEG_NO_EXTENSIONS", "") not in ("", "0"):
+        return None
+    try:
+        from rleseg.tokenizers import _kernels
+    except ImportError:
+        return None
+    return _kernels
+
+
+#: the optional compiled encode/decode of the flat-start tokenizers (None without them); the tokenizers
+#: look it up at call time, so setting it to None switches to the numpy paths
+kernels = _load_kernels()
 
 #: below this many elements ``argmin``/``argmax`` (one plain loop) beat the ``min``/``max`` ufunc reductions,
 #: whose setup costs ~2 µs a call: that is most of a small mask's time
