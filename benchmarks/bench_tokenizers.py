@@ -5,8 +5,9 @@ with it: one binary RLE per foreground class, then decode each and merge the cla
 
 Masks are seeded synthetic blob masks (``rleseg.tokenizers.stats.synthetic_masks``) at sides 80, 320 and
 640, plus a noisy case (5% salt and pepper). No subsampling, M = W. Times are the best of ``--repeat``
-rounds over ``--masks`` masks, per mask ("rleseg": strict decoding as for ground truth; "lenient": the
-model-output path). Ratio = pycocotools time / rleseg time (> 1: rleseg is faster).
+rounds over ``--masks`` masks, per mask ("rleseg": strict decoding as for ground truth, through the
+compiled kernels where they are built; "numpy": the same without them; "lenient": the model-output path).
+Ratio = pycocotools time / rleseg time (> 1: rleseg is faster).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rleseg import create_tokenizer
+from rleseg.tokenizers import runs as runs_module
 from rleseg.tokenizers.stats import synthetic_masks
 
 
@@ -36,6 +38,19 @@ def coco_binary(mask: np.ndarray) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     return mask_utils.decode(mask_utils.encode(np.asfortranarray(mask)))
+
+
+def round_trip_without_kernels(tok) -> Callable[[np.ndarray], object]:
+    """Strict round trip through the numpy paths (the kernels switched off for the call)."""
+
+    def run(mask: np.ndarray) -> object:
+        kernels, runs_module.kernels = runs_module.kernels, None
+        try:
+            return tok.decode(tok.encode(mask))
+        finally:
+            runs_module.kernels = kernels
+
+    return run
 
 
 def best_times(fns: dict[str, Callable[[np.ndarray], object]], masks: list[np.ndarray], repeat: int) -> dict:
@@ -60,8 +75,11 @@ def main() -> None:
     parser.add_argument("--num-classes", type=int, default=3, help="N, background included (SPEC §1)")
     args = parser.parse_args()
     n = args.num_classes
+    built = "built" if runs_module.kernels is not None else "NOT built (numpy paths only)"
     print(f"numpy {np.__version__}, python {platform.python_version()}, {platform.machine()}; N = {n}")
-    header = f"{'case':<26}{'tokenizer':>10}{'runs':>8}{'rleseg ms':>11}{'lenient ms':>12}{'coco ms':>10}"
+    print(f"compiled kernels: {built}")
+    header = f"{'case':<26}{'tokenizer':>10}{'runs':>8}{'rleseg ms':>11}{'numpy ms':>10}{'lenient ms':>12}"
+    header += f"{'coco ms':>10}"
     header += f"{'ratio':>8}"
     print(header)
     print("-" * len(header))
@@ -81,6 +99,7 @@ def main() -> None:
                     assert np.array_equal(tok.decode(tok.encode(m)), coco(m))
                 fns = {
                     "ours": lambda m, t=tok: t.decode(t.encode(m)),
+                    "numpy": round_trip_without_kernels(tok),
                     "lenient": lambda m, t=tok: t.decode_report(t.encode(m)).mask,
                     "coco": coco,
                 }
@@ -88,7 +107,8 @@ def main() -> None:
                 ours, lenient, theirs = times["ours"], times["lenient"], times["coco"]
                 runs = np.mean([tok.num_runs(m) for m in data])
                 print(
-                    f"{case:<26}{name:>10}{runs:>8.0f}{ours:>11.3f}{lenient:>12.3f}{theirs:>10.3f}"
+                    f"{case:<26}{name:>10}{runs:>8.0f}{ours:>11.3f}{times['numpy']:>10.3f}{lenient:>12.3f}"
+                    f"{theirs:>10.3f}"
                     f"{theirs / ours:>7.1f}×"
                 )
 
