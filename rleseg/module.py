@@ -134,7 +134,10 @@ class SegModuleBase(LightningModule):
         raise NotImplementedError  # each concrete module implements its own prediction path
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
-        out = self.predict_masks(batch)
+        self._score(batch, batch_idx, stage, self.predict_masks(batch))
+
+    def _score(self, batch: dict[str, Any], batch_idx: int, stage: str, out: dict[str, Any]) -> None:
+        """Update the metrics (and the overlay samples) with the prediction ``out`` of ``batch``."""
         target = batch["mask"]
         semantic_pred, semantic_target = out["mask"], target
         if self.info.task == "panoptic":
@@ -321,7 +324,6 @@ class RLESegModule(SegModuleBase):
         self.val_seq = SequenceStats()
         self.test_seq = SequenceStats()
         self.tokenizer: Tokenizer | None = None
-        self._cached_prediction: dict[str, Any] | None = None
         self.register_buffer("token_weight", torch.ones(info.vocab_size), persistent=False)
 
     # ------------------------------------------------------------------ set-up
@@ -486,9 +488,7 @@ class RLESegModule(SegModuleBase):
         return results
 
     def predict_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
-        # The eval step generates once, logs sequence statistics, then hands the prediction to the base class.
-        cached = self._cached_prediction
-        return cached if cached is not None else self._generate_masks(batch)
+        return self._generate_masks(batch)
 
     def _patch_origins(self, batch: dict[str, Any]) -> np.ndarray | None:
         """Grid-patch origins when the DataModule evaluates whole images patch by patch, else None."""
@@ -557,12 +557,7 @@ class RLESegModule(SegModuleBase):
             decode_seconds=out["seconds"],
             truncated=truncated,
         )
-        # The base class scores the prediction already made (see predict_masks).
-        self._cached_prediction = out
-        try:
-            super()._eval_step(batch, batch_idx, stage)
-        finally:
-            self._cached_prediction = None
+        self._score(batch, batch_idx, stage, out)
 
     def _log_metrics(self, stage: str) -> None:
         super()._log_metrics(stage)
@@ -630,6 +625,10 @@ class DenseSegModule(SegModuleBase):
             else torch.ones(self.num_classes)
         )
         self.register_buffer("class_weights", cw, persistent=False)
+        # seconds per image of the forward pass and argmax (the token model's counterpart is generation
+        # plus decoding): the decode-time axis of the sweep reports
+        self.val_decode_time = WeightedMean()
+        self.test_decode_time = WeightedMean()
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.info.task == "static_video":
@@ -658,7 +657,22 @@ class DenseSegModule(SegModuleBase):
         mask = batch["mask"]  # cross_entropy's mean is over pixels, each weighted by its class's weight
         weight = mask.numel() if self.class_weights is None else self.class_weights[mask].sum()
         self._log_loss(stage, self._loss(batch), weight)
-        super()._eval_step(batch, batch_idx, stage)
+        start = time.perf_counter()
+        out = self.predict_masks(batch)
+        if out["mask"].is_cuda:  # the time until the masks exist, not until the kernels are queued
+            torch.cuda.synchronize(out["mask"].device)
+        images = batch["image"].shape[0]
+        getattr(self, f"{stage}_decode_time").update(
+            torch.tensor((time.perf_counter() - start) / images), images
+        )
+        self._score(batch, batch_idx, stage, out)
+
+    def _log_metrics(self, stage: str) -> None:
+        super()._log_metrics(stage)
+        decode_time = getattr(self, f"{stage}_decode_time")
+        if decode_time.update_called:
+            self.log(f"{stage}/decode_seconds_per_image", decode_time.compute())
+            decode_time.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = self.predict_masks(batch)

@@ -42,3 +42,5 @@ def test_experiment_fast_dev_run(path: Path, tmp_path: Path, monkeypatch: pytest
     metrics = trainer.callback_metrics
     assert "train/loss" in metrics and bool(metrics["train/loss"].isfinite())
     assert "val/dice_mean" in metrics, sorted(metrics)
+    # every model reports its decode time per image (the sweep reports' decode-time axis), dense included
+    assert float(metrics["val/decode_seconds_per_image"]) > 0, sorted(metrics)
