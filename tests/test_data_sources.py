@@ -141,6 +141,14 @@ def test_composite_presets_and_stuff_labels(data_fashion_dir: Path) -> None:
     stuff = clip.semantic[clip.semantic > 10]
     assert stuff.size and (clip.panoptic[clip.semantic > 10] % 1000 == 0).all()  # stuff has instance 0
     assert PRESETS["fashion3"][1] == (1, 2, 1, 2, 1, 3, 1, 3, 3, 3)
+    # a grouped preset relabels the very same scenes: its labels are the ten classes mapped through it
+    fine = create_source("composites", data_dir=str(data_fashion_dir), preset="fashion10", canvas=32)
+    coarse = create_source("composites", data_dir=str(data_fashion_dir), preset="apparel3", canvas=32)
+    assert coarse.class_names == ["background", "clothing", "footwear", "bag"]
+    lut = np.array([0, *PRESETS["apparel3"][1]])
+    for i in range(3):
+        a, b = fine.split("val").load(i), coarse.split("val").load(i)
+        assert (a.image == b.image).all() and (lut[a.semantic] == b.semantic).all()
     flat = (
         create_source("composites", data_dir=str(data_fashion_dir), texture=False, canvas=32)
         .split("train")

@@ -13,6 +13,8 @@ identically in any worker process. Validation and test scenes use objects of the
 
 Class ids: preset ``fashion3`` groups the ten Fashion-MNIST classes into tops {T-shirt, Pullover, Coat,
 Shirt} = 1, bottoms/dresses {Trouser, Dress} = 2, footwear/bags {Sandal, Sneaker, Bag, Ankle boot} = 3;
+``apparel3`` groups them as clothing {T-shirt, Trouser, Pullover, Dress, Coat, Shirt} = 1, footwear
+{Sandal, Sneaker, Ankle boot} = 2, bags = 3 (the classes apart by shape; six in ten objects are clothing);
 ``fashion10`` keeps the ten classes as 1..10. With ``stuff_labels=True`` the three textures become stuff
 classes after the things (brick, grass, gravel); otherwise stuff is background 0.
 
@@ -54,6 +56,7 @@ FASHION_CLASSES = (
 PRESETS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "fashion3": (("top", "bottom_or_dress", "footwear_or_bag"), (1, 2, 1, 2, 1, 3, 1, 3, 3, 3)),
     "fashion10": (FASHION_CLASSES, tuple(range(1, 11))),
+    "apparel3": (("clothing", "footwear", "bag"), (1, 1, 1, 1, 1, 2, 1, 2, 3, 2)),
 }
 TEXTURES = ("brick", "grass", "gravel")
 # RGB tints that make the three grey textures tell apart by colour as well as by pattern
@@ -133,7 +136,8 @@ class CompositeScenes(Source):
     """Generated scenes (images) and clips (videos) of Fashion-MNIST objects over textured stuff.
 
     Args:
-        preset: ``"fashion3"`` (3 grouped thing classes) or ``"fashion10"`` (the ten classes).
+        preset: ``"fashion3"`` or ``"apparel3"`` (3 grouped thing classes) or ``"fashion10"`` (the ten
+            classes).
         canvas: side of the square scene in pixels.
         num_train, num_val, num_test: scenes (or clips) per split.
         objects: (min, max) objects per scene, inclusive.
