@@ -4,6 +4,7 @@
   rule, averaged over the images where each class was evaluated; per class and the foreground mean.
 * :class:`PanopticMetrics` — PQ / SQ / RQ on panoptic-id maps (``class * 1000 + instance``), by
   ``torchmetrics.detection.PanopticQuality``.
+* :class:`ConfusionMatrix` — pixel counts of (true class, predicted class): where the errors go.
 * :class:`SequenceStats` — validity rate, tokens per mask (p50 / p95 / max), decode seconds per image,
   truncated samples.
 
@@ -23,6 +24,7 @@ from torchmetrics.detection import PanopticQuality
 from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
+    "ConfusionMatrix",
     "MetricInputError",
     "PanopticMetrics",
     "SegmentationMetrics",
@@ -173,6 +175,38 @@ class SegmentationMetrics(Metric):
             out[name] = per_class
             out[f"mean_{name}"] = per_class[1:].nanmean()
         return out
+
+
+class ConfusionMatrix(Metric):
+    """Pixel counts ``[N, N]``: row = true class, column = predicted class (ignored pixels left out).
+
+    >>> cm = ConfusionMatrix(3)
+    >>> cm.update(torch.tensor([[[0, 1], [2, 2]]]), torch.tensor([[[0, 1], [1, 2]]]))
+    >>> cm.compute().tolist()
+    [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise MetricInputError(f"num_classes must be >= 2 (background included); got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.add_state(
+            "counts", torch.zeros(num_classes * num_classes, dtype=torch.int64), dist_reduce_fx="sum"
+        )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        preds, target = _as_images(preds, target, self.num_classes, self.ignore_index)
+        valid = target >= 0
+        pairs = target[valid] * self.num_classes + preds[valid]
+        self.counts += torch.bincount(pairs, minlength=self.num_classes**2).to(self.counts)
+
+    def compute(self) -> Tensor:
+        return self.counts.reshape(self.num_classes, self.num_classes).clone()
 
 
 class PanopticMetrics(PanopticQuality):

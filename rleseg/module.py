@@ -25,7 +25,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 from rleseg.data.patches import cut_patches, stitch_patches
-from rleseg.metrics import PanopticMetrics, SegmentationMetrics, SequenceStats, WeightedMean
+from rleseg.metrics import ConfusionMatrix, PanopticMetrics, SegmentationMetrics, SequenceStats, WeightedMean
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
 from rleseg.tokenizers.runs import upsample
 
@@ -91,6 +91,8 @@ class SegModuleBase(LightningModule):
         self.test_token_metrics = SegmentationMetrics(n)
         self.val_ceiling = SegmentationMetrics(n)
         self.test_ceiling = SegmentationMetrics(n)
+        # where the validation pixels go (saved as a picture beside the overlays each epoch)
+        self.val_confusion = ConfusionMatrix(n)
         # The loss over the whole evaluation set, weighted by what each batch's mean is taken over
         # (tokens, pixels): the same number whatever the batch size or the number of processes.
         self.val_loss = WeightedMean()
@@ -145,6 +147,8 @@ class SegModuleBase(LightningModule):
             semantic_pred = out["mask"] // self.info.label_divisor
             semantic_target = target // self.info.label_divisor
         getattr(self, f"{stage}_metrics").update(semantic_pred, semantic_target)
+        if stage == "val":
+            self.val_confusion.update(semantic_pred, semantic_target)
         if out.get("token_mask") is not None and "token_mask" in batch:
             tok_pred, tok_target = out["token_mask"], batch["token_mask"]
             if self.info.task == "panoptic":
@@ -201,13 +205,29 @@ class SegModuleBase(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        # compute() syncs across processes: every rank takes part, rank 0 draws
+        confusion = self.val_confusion.compute().cpu().numpy() if self.val_confusion.update_called else None
+        self.val_confusion.reset()
         if not self.trainer.sanity_checking:
             # trainer.log_dir broadcasts rank 0's folder: under DDP every rank must ask, although only
             # rank 0 holds samples to draw (a rank-0-only call leaves rank 0 waiting on a finished peer)
             log_dir = self.trainer.log_dir or self.trainer.default_root_dir
             if self._vis is not None:
                 self._save_visualisation(self._vis, log_dir)
+            if confusion is not None and self.global_rank == 0:
+                self._save_confusion(confusion, log_dir)
         self._vis = None
+
+    def _save_confusion(self, confusion: np.ndarray, log_dir: str) -> None:
+        from rleseg.visualize import save_confusion_matrix
+
+        names = self.info.class_names or [str(c) for c in range(self.num_classes)]
+        save_confusion_matrix(
+            Path(log_dir) / "val_predictions" / f"confusion_{self.current_epoch:03d}.png",
+            confusion,
+            names,
+            title=f"epoch {self.current_epoch}: validation pixels (rows sum to 1)",
+        )
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")

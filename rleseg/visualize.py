@@ -94,3 +94,45 @@ def save_prediction_grid(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_confusion_matrix(
+    path: str | Path, counts: np.ndarray, class_names: list[str], title: str = ""
+) -> Path:
+    """A heatmap of a ``[N, N]`` pixel confusion matrix (row = true class), each row normalised to the
+    fraction of that class's pixels, with the fraction written in every cell. Rows of classes absent
+    from the ground truth stay blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.shape[0]
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(totals > 0, counts / totals, np.nan)
+    side = min(1.2 + 0.55 * n, 12.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    if n <= 40:  # beyond that the names would overlap: the axes then count classes
+        names = [class_names[c] if c < len(class_names) else str(c) for c in range(n)]
+        ax.set_xticks(range(n), names, rotation=45, ha="right")
+        ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(share[i, j]):
+                    color = "white" if share[i, j] > 0.6 else "black"
+                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=8, color=color)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's pixels")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -44,3 +44,6 @@ def test_experiment_fast_dev_run(path: Path, tmp_path: Path, monkeypatch: pytest
     assert "val/dice_mean" in metrics, sorted(metrics)
     # every model reports its decode time per image (the sweep reports' decode-time axis), dense included
     assert float(metrics["val/decode_seconds_per_image"]) > 0, sorted(metrics)
+    # each validation epoch leaves the overlays and the confusion matrix beside them
+    pictures = {p.name for p in tmp_path.rglob("val_predictions/*.png")}
+    assert {"epoch_000.png", "confusion_000.png"} <= pictures, pictures

@@ -10,6 +10,7 @@ import torch
 from torchmetrics.detection import PanopticQuality
 
 from rleseg.metrics import (
+    ConfusionMatrix,
     MetricInputError,
     PanopticMetrics,
     SegmentationMetrics,
@@ -128,6 +129,20 @@ def test_batched_updates_equal_one_update():
 def test_bad_inputs_are_named(preds, target, kwargs, message):
     with pytest.raises(MetricInputError, match=message):
         per_image_scores(preds, target, num_classes=3, **kwargs)
+
+
+def test_confusion_matrix_counts_pixels_by_true_and_predicted_class():
+    target = torch.tensor([[[0, 1, 1], [2, 2, 9]]])
+    preds = torch.tensor([[[0, 1, 2], [1, 2, 0]]])
+    cm = ConfusionMatrix(3, ignore_index=9)
+    cm.update(preds, target)
+    cm.update(preds[:, :1], target[:, :1])  # a second batch adds up
+    assert cm.compute().tolist() == [[2, 0, 0], [0, 2, 2], [0, 1, 1]]
+    video = ConfusionMatrix(3)
+    video.update(torch.zeros(2, 4, 2, 2, dtype=torch.long), torch.ones(2, 4, 2, 2, dtype=torch.long))
+    assert video.compute()[1, 0] == 32  # every frame's pixels count
+    with pytest.raises(MetricInputError, match="outside 0..2"):
+        ConfusionMatrix(3).update(preds, target)  # 9 is a class id without ignore_index
 
 
 def test_num_classes_below_two_is_an_error():
