@@ -5,7 +5,8 @@
 A Pix2Seq of the reference's decoder shape (d 256, 8 heads, MLP 1024, 6 layers; ``--d-model``/``--layers``
 to change) on a 128×128 input (64 visual tokens at stride 16) generates exactly L tokens (EOS is masked
 off, so both paths run every step). The cached path projects cross-attention keys/values once per image
-and writes each step's self-attention key/value into a preallocated buffer; the uncached path re-runs the
+and writes each step's self-attention key/value into a preallocated buffer (its few-row products by
+``rleseg.models.layers.step_linear``, weight-major on the CPU); the uncached path re-runs the
 decoder over the whole prefix at every step. Both produce the same tokens (checked here, and token for
 token in ``tests/test_generation.py``). Times are the best of ``--repeat`` runs (the uncached path: one
 run per length unless ``--repeat-uncached`` says otherwise); ratio = uncached / cached (> 1: the cache wins).

@@ -15,7 +15,7 @@ from rleseg.models import (
     create_backbone,
     create_feature_pyramid,
 )
-from rleseg.models.layers import sincos_at, sincos_position_embedding
+from rleseg.models.layers import STEP_ROWS, sincos_at, sincos_position_embedding, step_linear
 
 BACKBONES = ["test_resnet", "test_efficientnet", "test_convnext"]
 VOCAB, MAX_LEN = 40, 24
@@ -322,3 +322,17 @@ def test_mem_tracker_measures_a_fake_training_step():
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     params = sum(p.numel() for p in model.parameters()) * 4
     assert peak > 3 * params  # weights + grads + 2 Adam moments, plus activations
+
+
+@pytest.mark.parametrize("rows", [1, STEP_ROWS[0], 5, STEP_ROWS[1], STEP_ROWS[1] + 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_step_linear_is_the_same_product_as_f_linear(rows: int, bias: bool):
+    torch.manual_seed(rows)
+    layer = torch.nn.Linear(24, 40, bias=bias)
+    x = torch.randn(rows, 1, 24)  # [B, 1, d]: one generation step
+    out = step_linear(x, layer.weight, layer.bias)
+    assert out.shape == (rows, 1, 40) and out.is_contiguous()
+    torch.testing.assert_close(out, layer(x))
+    # a non-contiguous input (a transposed view) gives the same
+    xt = torch.randn(24, rows).T
+    torch.testing.assert_close(step_linear(xt, layer.weight, layer.bias), layer(xt))

@@ -30,6 +30,7 @@ from rleseg.models.layers import (
     init_weights,
     sincos_at,
     sincos_position_embedding,
+    step_linear,
 )
 from rleseg.models.video import FUSIONS, Fusion, SequentialFusionLayer
 from rleseg.tokenizers.base import Grammar
@@ -185,7 +186,7 @@ class TokenDecoder(nn.Module):
             self.layers, cache.keys, cache.values, cross, strict=True
         ):
             x = layer.step(x, pos, k_cache, v_cache, ck, cv)
-        return self._logits(x)[:, 0]
+        return step_linear(self.norm(x[:, 0]), self.embed.weight, self.out_bias)
 
 
 class Pix2Seq(nn.Module):
