@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -59,6 +59,20 @@ def _default_loggers() -> list[dict[str, Any]]:
     return loggers
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every N training steps (to resume a killed run), and at the end of training too.
+
+    Lightning's ``ModelCheckpoint`` with ``every_n_train_steps`` saves ``last.ckpt`` only on those steps,
+    so a run whose step count is not a multiple of N would end with a ``last.ckpt`` up to N - 1 steps
+    old. This one also saves the final step.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class RlesegCLI(LightningCLI):
     """LightningCLI for rleseg: ``rleseg fit --config experiments/NAME.yaml``.
 
@@ -94,7 +108,7 @@ class RlesegCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "last_checkpoint.save_top_k": 0,

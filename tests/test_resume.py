@@ -76,3 +76,7 @@ def test_fit_killed_mid_epoch_resumes_from_last_checkpoint(tmp_path: Path, monke
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt))
     assert first.first == saved_step  # continued where the killed run stopped, not from step 0
     assert cli.trainer.global_step == saved_step + 4
+    # the run ends between two periodic saves (every 3 steps): last.ckpt still holds the final step
+    last = cli.trainer.checkpoint_callbacks[-1].last_model_path
+    assert Path(last).name == "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == saved_step + 4
