@@ -121,7 +121,21 @@ def per_image_scores(
     return scores, evaluated
 
 
-class SegmentationMetrics(Metric):
+class _ClassMapMetric(Metric):
+    """A metric over integer class maps: ``num_classes`` (background included) and ``ignore_index``."""
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise MetricInputError(f"num_classes must be >= 2 (background included); got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+
+class SegmentationMetrics(_ClassMapMetric):
     """Per-class recall, precision, Dice and IoU, averaged over the images where each class is evaluated.
 
     ``update(preds, target)`` takes integer class maps ``[B, H, W]`` or clips ``[B, T, H, W]`` (each
@@ -145,16 +159,10 @@ class SegmentationMetrics(Metric):
     (0.667, True, 0.667)
     """
 
-    full_state_update = False
-    is_differentiable = False
     higher_is_better = True
 
     def __init__(self, num_classes: int, ignore_index: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if num_classes < 2:
-            raise MetricInputError(f"num_classes must be >= 2 (background included); got {num_classes}")
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        super().__init__(num_classes, ignore_index, **kwargs)
         for name in SCORES:
             self.add_state(f"{name}_sum", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("images", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
@@ -177,7 +185,7 @@ class SegmentationMetrics(Metric):
         return out
 
 
-class ConfusionMatrix(Metric):
+class ConfusionMatrix(_ClassMapMetric):
     """Pixel counts ``[N, N]``: row = true class, column = predicted class (ignored pixels left out).
 
     >>> cm = ConfusionMatrix(3)
@@ -186,15 +194,8 @@ class ConfusionMatrix(Metric):
     [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
     """
 
-    full_state_update = False
-    is_differentiable = False
-
     def __init__(self, num_classes: int, ignore_index: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if num_classes < 2:
-            raise MetricInputError(f"num_classes must be >= 2 (background included); got {num_classes}")
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        super().__init__(num_classes, ignore_index, **kwargs)
         self.add_state(
             "counts", torch.zeros(num_classes * num_classes, dtype=torch.int64), dist_reduce_fx="sum"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,11 +64,7 @@ def save_prediction_grid(
 
     Video inputs (``images [B, T, C, H, W]``) show every frame of the first clip as rows.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     images, targets, preds = np.asarray(images), np.asarray(targets), np.asarray(preds)
     if images.ndim == 5:  # first clip, one row per frame
         images, targets, preds = images[0], targets[0], preds[0]
@@ -88,12 +85,7 @@ def save_prediction_grid(
         axes[0, j].set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_confusion_matrix(
@@ -102,11 +94,7 @@ def save_confusion_matrix(
     """A heatmap of a ``[N, N]`` pixel confusion matrix (row = true class), each row normalised to the
     fraction of that class's pixels, with the fraction written in every cell. Rows of classes absent
     from the ground truth stay blank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     counts = np.asarray(counts, dtype=np.float64)
     n = counts.shape[0]
     totals = counts.sum(axis=1, keepdims=True)
@@ -130,6 +118,23 @@ def save_confusion_matrix(
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's pixels")
     if title:
         ax.set_title(title, fontsize=9)
+    return _save_figure(fig, path)
+
+
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display; imported only when a picture is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (PNG, 100 dpi, parent folders created) and close ``fig``; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
