@@ -417,8 +417,8 @@ class FlatRunTokenizer(RunTokenizer):
     @functools.cached_property
     def _token_offsets(self) -> tuple[int, int, int]:
         """``token - value`` of each field of a run (0 for a field the scheme lacks)."""
-        offsets = [r.lo - r.value_min for r in self._run_ranges]
-        return (*offsets, 0, 0)[:3]  # type: ignore[return-value]
+        fields = self._kernel_fields  # (first token, count, first value) per field
+        return tuple(fields[i] - fields[i + 2] for i in (0, 3, 6))  # type: ignore[return-value]
 
     def _kernel_decode(self, tokens: object) -> np.ndarray | None:
         """Strict decoding by the compiled kernel into a uint8 mask; None where it does not apply or the
