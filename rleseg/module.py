@@ -25,6 +25,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 from rleseg.data.patches import cut_patches, stitch_patches
+from rleseg.diagnostics import TokenDiagnostics
 from rleseg.metrics import ConfusionMatrix, PanopticMetrics, SegmentationMetrics, SequenceStats, WeightedMean
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
 from rleseg.tokenizers.runs import upsample
@@ -265,6 +266,17 @@ class RLESegModule(SegModuleBase):
             with the visual tokens' positions) instead of at random.
         aux_dense_weight: weight of an auxiliary pixel cross-entropy of a linear class head on the visual
             tokens, during training only (0: off). Generation and every metric still use tokens alone.
+        memory_stride: reduction of the visual memory the decoder reads (``None``: ``feature_stride``);
+            e.g. 4 beside ``feature_stride`` 8 gives a 64×64 input a 16×16 memory, the grid of s = 4 tokens
+            (see :class:`rleseg.models.Pix2Seq`).
+        anchor: each decoder input also carries the visual token under its run's start cell (image and
+            panoptic tokenizers with a flat start field; see ``TokenDecoder.configure_anchor``).
+        diagnostics: token-level diagnostics at every validation (and test) epoch, logged as
+            ``{stage}/diag/<key>`` (:class:`rleseg.diagnostics.TokenDiagnostics`): teacher-forced argmax
+            accuracy per grammar field (and of the class and length parts of LAC tokens), the
+            teacher-forced Dice and the exposure-bias gap to the generated one, and, for image and
+            panoptic tasks, row-run and in-object class errors of the generated token masks. It reuses the
+            validation loss's teacher-forced logits (no extra decoder pass).
     """
 
     CLASS_FIELDS = ("class", "lac", "tac", "ltac", "stuff_lac", "stuff_class")
@@ -301,6 +313,9 @@ class RLESegModule(SegModuleBase):
         max_truncated_fraction: float = 0.05,
         position_init: bool = True,
         aux_dense_weight: float = 0.0,
+        memory_stride: int | None = None,
+        anchor: bool = False,
+        diagnostics: bool = True,
     ) -> None:
         super().__init__(
             data_info, lr, weight_decay, betas, warmup_ratio, min_lr_ratio, num_vis, max_truncated_fraction
@@ -331,7 +346,14 @@ class RLESegModule(SegModuleBase):
             dropout=dropout,
             frames=model_frames,
             fusion=fusion,
+            memory_stride=memory_stride,
+            anchor=anchor,
         )
+        if anchor and model_frames > 1:
+            raise ValueError(
+                f"anchor reads the visual token under a run's start cell, one frame's grid; the data's task "
+                f"is {info.task!r} with {model_frames} frames: set model anchor to false"
+            )
         if aux_dense_weight < 0:
             raise ValueError(f"aux_dense_weight must be >= 0, got {aux_dense_weight}")
         if aux_dense_weight > 0 and info.task not in ("image", "panoptic"):
@@ -344,6 +366,9 @@ class RLESegModule(SegModuleBase):
         self.val_seq = SequenceStats()
         self.test_seq = SequenceStats()
         self.tokenizer: Tokenizer | None = None
+        # built with the tokenizer (attach_tokenizer): their fields are its vocabulary's ranges
+        self.val_diag: TokenDiagnostics | None = None
+        self.test_diag: TokenDiagnostics | None = None
         self.register_buffer("token_weight", torch.ones(info.vocab_size), persistent=False)
 
     # ------------------------------------------------------------------ set-up
@@ -352,6 +377,8 @@ class RLESegModule(SegModuleBase):
         if dm is None or not hasattr(dm, "tokenizer"):
             raise ValueError("RLESegModule needs an rleseg DataModule (it provides the tokenizer)")
         self.attach_tokenizer(dm.tokenizer)
+        if self.model.decoder.anchor_proj is not None:
+            self._configure_anchor(dm.tokenizer)
         if stage == "fit" and self.hparams.position_init:
             # Runs before Lightning restores a checkpoint, so a resumed run keeps its trained weights.
             self._init_position_tokens(dm.tokenizer)
@@ -366,12 +393,26 @@ class RLESegModule(SegModuleBase):
         from rleseg.models.layers import grid_points
 
         coords = grid_points(shape)
-        stride = self.model.backbone.stride
+        stride = self.model.encoder.stride
         for axis, size in zip((-2, -1), self.info.input_size, strict=True):
             ratio = (size / stride) / shape[axis]  # visual tokens per token-mask cell along this axis
             coords[:, axis] = (coords[:, axis] + 0.5) * ratio - 0.5
         for r in ranges:
             self.model.decoder.init_position_tokens(r.lo, coords)
+
+    def _configure_anchor(self, tokenizer: Tokenizer) -> None:
+        """Tell the decoder which memory token lies under each start token's cell (``anchor``)."""
+        shape = tuple(int(n) for n in tokenizer.token_shape)
+        ranges = [r for r in tokenizer.vocab.ranges if r.name == "start" and r.count == math.prod(shape)]
+        if len(shape) != 2 or not ranges:
+            raise ValueError(
+                f"anchor needs a tokenizer whose start tokens name the cells of a 2-D token mask; "
+                f"{type(tokenizer).__name__} (token shape {shape}) has none: set model anchor to false"
+            )
+        grid = [size // self.model.encoder.stride for size in self.info.input_size]
+        rows = ((torch.arange(shape[0]) + 0.5) * grid[0] / shape[0]).long().clamp_max(grid[0] - 1)
+        cols = ((torch.arange(shape[1]) + 0.5) * grid[1] / shape[1]).long().clamp_max(grid[1] - 1)
+        self.model.decoder.configure_anchor(ranges[0].lo, (rows[:, None] * grid[1] + cols[None, :]).flatten())
 
     def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Use ``tokenizer`` for decoding and build the per-token loss weights from its vocabulary."""
@@ -388,6 +429,9 @@ class RLESegModule(SegModuleBase):
             if r.name in self.CLASS_FIELDS:
                 w[r.lo : r.hi] = self.hparams.class_token_weight
         self.token_weight = w.to(self.token_weight.device)
+        if self.hparams.get("diagnostics", True):
+            self.val_diag = TokenDiagnostics(tokenizer, self.num_classes).to(self.token_weight.device)
+            self.test_diag = TokenDiagnostics(tokenizer, self.num_classes).to(self.token_weight.device)
 
     def on_fit_start(self) -> None:
         self._check_truncation()
@@ -424,6 +468,13 @@ class RLESegModule(SegModuleBase):
 
     def _losses(self, batch: dict[str, Any], dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token loss and, with ``dense`` and an auxiliary head, the auxiliary dense loss."""
+        return self._teacher_forced(batch, dense)[:2]
+
+    def _teacher_forced(
+        self, batch: dict[str, Any], dense: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``(token loss, auxiliary dense loss or None, logits [B, L, V], target tokens [B, L])`` of one
+        teacher-forced pass (see :meth:`_losses`)."""
         tokens = batch["tokens"]
         # Fake tensors (rleseg.memory's estimate) have no values to trim by: they size the worst case, a
         # batch holding a max_seq_len sequence, which is what a memory budget must cover.
@@ -445,7 +496,7 @@ class RLESegModule(SegModuleBase):
         w = self.token_weight[target.reshape(-1)]
         token_loss = (ce * w).sum() / w.sum().clamp_min(1e-6)
         aux = self._aux_dense_loss(memory, batch["mask"]) if dense and self.aux_head is not None else None
-        return token_loss, aux
+        return token_loss, aux, logits, target
 
     def _aux_dense_loss(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Pixel cross-entropy of a linear class head on the visual tokens (training only).
@@ -455,7 +506,7 @@ class RLESegModule(SegModuleBase):
         is unchanged: masks still come from generated tokens.
         """
         semantic = mask // self.info.label_divisor if self.info.task == "panoptic" else mask
-        h, w = (size // self.model.backbone.stride for size in semantic.shape[-2:])
+        h, w = (size // self.model.encoder.stride for size in semantic.shape[-2:])
         if h * w != memory.shape[1]:
             raise ValueError(
                 f"aux_dense_weight: {memory.shape[1]} visual tokens do not form the {h}x{w} feature grid of "
@@ -568,8 +619,24 @@ class RLESegModule(SegModuleBase):
             tokens, truncated = batch["patch_tokens"].flatten(0, 1), batch["patch_truncated"].flatten()
         else:
             images, tokens, truncated = batch["image"], batch["tokens"], batch["truncated"]
-        loss = self._loss({"image": images, "tokens": tokens})
+        loss, _, logits, target = self._teacher_forced({"image": images, "tokens": tokens}, dense=False)
         self._log_loss(stage, loss, self.token_weight[tokens[:, 1:]].sum())
+        diag = getattr(self, f"{stage}_diag", None)
+        if diag is not None:
+            diag.update_teacher_forced(logits, target)
+            tok_pred, tok_target = out["token_mask"], batch.get("token_mask")
+            if (
+                self.info.task in ("image", "panoptic")
+                and tok_target is not None
+                and tok_target.ndim == 3
+                and tok_pred.shape == tok_target.shape
+            ):
+                if self.info.task == "panoptic":
+                    tok_pred, tok_target = (
+                        tok_pred // self.info.label_divisor,
+                        tok_target // self.info.label_divisor,
+                    )
+                diag.update_generated(tok_pred, tok_target)
         getattr(self, f"{stage}_seq").update(
             torch.as_tensor([int((row != PAD).sum()) - 1 - int((row == EOS).any()) for row in out["tokens"]]),
             runs_total=sum(r.runs_total for r in out["results"]),
@@ -586,6 +653,11 @@ class RLESegModule(SegModuleBase):
             for key, v in seq.compute().items():
                 self.log(f"{stage}/{key}", v.float())
             seq.reset()
+        diag = getattr(self, f"{stage}_diag", None)
+        if diag is not None and diag.update_called:
+            for key, v in diag.compute().items():  # syncs the states across processes
+                self.log(f"{stage}/diag/{key}", v)
+            diag.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = self.predict_masks(batch)

@@ -250,28 +250,45 @@ class TimmBackbone(nn.Module):
         stride: its reduction relative to the input.
         body: the underlying ``features_only`` timm model (its first output is the returned map).
         lateral: the 1×1 projections of the deeper maps (empty without ``deep_stride``).
+        fine_stride, fine_channels: the shallower map :meth:`features` also returns (``create_backbone(...,
+            fine_stride=...)``); ``None`` / 0 without one.
     """
 
     def __init__(
-        self, name: str, body: nn.Module, out_channels: int, stride: int, deep_channels: Sequence[int] = ()
+        self,
+        name: str,
+        body: nn.Module,
+        out_channels: int,
+        stride: int,
+        deep_channels: Sequence[int] = (),
+        *,
+        fine_stride: int | None = None,
+        fine_channels: int = 0,
     ) -> None:
         super().__init__()
         self.name = name
         self.body = body
         self.out_channels = out_channels
         self.stride = stride
+        self.fine_stride = fine_stride
+        self.fine_channels = fine_channels
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in deep_channels)
 
     @property
     def weights_report(self) -> WeightsReport | None:
         return getattr(self.body, "weights_report", None)
 
-    def forward(self, images: Tensor) -> Tensor:
-        maps = self.body(images)
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The map at ``stride`` and, with a ``fine_stride``, the shallower map at it (else None)."""
+        maps = list(self.body(images))
+        fine = maps.pop(0) if self.fine_stride is not None else None  # timm returns the shallowest first
         x = maps[0]
         for proj, deep in zip(self.lateral, maps[1:], strict=True):
             x = x + F.interpolate(proj(deep), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return x
+        return x, fine
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.features(images)[0]
 
 
 class FeaturePyramid(nn.Module):
@@ -310,6 +327,7 @@ def create_backbone(
     in_chans: int = 3,
     feature_stride: int = 16,
     deep_stride: int | None = None,
+    fine_stride: int | None = None,
     **kwargs: Any,
 ) -> TimmBackbone:
     """Any timm model as a single-feature-map extractor at reduction ``feature_stride``.
@@ -325,6 +343,8 @@ def create_backbone(
         deep_stride: also run the stages down to this reduction and add their maps, projected and
             upsampled, to the returned one (``None``: stop at ``feature_stride``). On small inputs a
             stride-8 map has the resolution the tokens need but only the shallow stages' semantics.
+        fine_stride: also return, from :meth:`TimmBackbone.features`, the map of this smaller reduction
+            (e.g. 4 beside a stride-8 map: the detail a finer visual memory is built from).
         **kwargs: passed to ``timm.create_model`` (e.g. ``channels=(32, 64, 128, 256)`` for a timm
             ResNet with reduced widths, ``drop_path_rate``).
 
@@ -352,6 +372,11 @@ def create_backbone(
             what = f"deep_stride={deep_stride} must be one of them and > feature_stride={feature_stride}"
             raise _strides_error(name, infos, what)
         indices += _deepest_stages(infos, above=feature_stride, upto=deep_stride)
+    if fine_stride is not None:
+        if fine_stride >= feature_stride or not any(int(i["reduction"]) == fine_stride for i in infos):
+            what = f"fine_stride={fine_stride} must be one of them and < feature_stride={feature_stride}"
+            raise _strides_error(name, infos, what)
+        indices.insert(0, _deepest_stages(infos, above=fine_stride - 1, upto=fine_stride)[0])
     body = _create_features(
         name,
         tuple(indices),
@@ -361,8 +386,16 @@ def create_backbone(
         kwargs=kwargs,
     )
     channels = [int(c) for c in body.feature_info.channels()]
+    reductions = [int(r) for r in body.feature_info.reduction()]
+    fine_channels = channels.pop(0) if fine_stride is not None else 0
     return TimmBackbone(
-        name, body, channels[0], int(body.feature_info.reduction()[0]), deep_channels=channels[1:]
+        name,
+        body,
+        channels[0],
+        reductions[1 if fine_stride is not None else 0],
+        deep_channels=channels[1:],
+        fine_stride=fine_stride,
+        fine_channels=fine_channels,
     )
 
 

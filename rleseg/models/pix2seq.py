@@ -83,6 +83,19 @@ class VisualEncoder(nn.Module):
             else None
         )
         self.norm = nn.LayerNorm(d_model)
+        # Fine memory (backbone with a fine_stride): the encoded map, upsampled, plus a projection of the
+        # shallower backbone map, so the decoder reads visual tokens at the finer grid.
+        self.fine_proj: nn.Linear | None = None
+        if backbone.fine_stride is not None:
+            if frames > 1:
+                raise ModelConfigError("a finer visual memory (memory_stride) is for image models (frames = 1)")
+            self.fine_proj = nn.Linear(backbone.fine_channels, d_model)
+            self.fine_norm = nn.LayerNorm(d_model)
+
+    @property
+    def stride(self) -> int:
+        """Reduction of the memory's grid relative to the input (the backbone's, or its fine stride)."""
+        return self.backbone.fine_stride or self.backbone.stride
 
     def _tokens(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         features = self.backbone(images)  # [N, C, h, w]
@@ -92,14 +105,26 @@ class VisualEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """``[B, C, H, W]`` (or ``[B, T, C, H, W]`` when ``frames > 1``) → memory ``[B, S, d]``.
 
-        ``S = h·w`` for images and sequential fusion, ``T·h·w`` for late fusion.
+        ``S = h·w`` for images and sequential fusion, ``T·h·w`` for late fusion; with a fine stride
+        ``S`` is the size of the finer grid.
         """
         if self.frames == 1:
-            x, (h, w) = self._tokens(images)
+            features, fine = self.backbone.features(images)  # [N, C, h, w], finer map or None
+            h, w = features.shape[-2:]
+            x = self.proj_norm(self.proj(features.flatten(2).transpose(1, 2)))
             x = x + sincos_position_embedding((h, w), self.d_model, device=x.device, dtype=x.dtype)
             for layer in self.layers:
                 x = layer(x)
-            return self.norm(x)
+            x = self.norm(x)
+            if fine is None or self.fine_proj is None:
+                return x
+            fh, fw = fine.shape[-2:]
+            up = F.interpolate(
+                x.transpose(1, 2).reshape(x.shape[0], -1, h, w), size=(fh, fw), mode="bilinear", align_corners=False
+            )
+            x = up.flatten(2).transpose(1, 2) + self.fine_proj(fine.flatten(2).transpose(1, 2))
+            pos = sincos_position_embedding((fh, fw), self.d_model, device=x.device, dtype=x.dtype)
+            return self.fine_norm(x + pos)
 
         b, t = images.shape[:2]
         x, (h, w) = self._tokens(images.flatten(0, 1))  # [B·T, S, d]
@@ -132,6 +157,7 @@ class TokenDecoder(nn.Module):
         num_heads: int,
         mlp_dim: int,
         dropout: float = 0.0,
+        anchor: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
@@ -149,6 +175,46 @@ class TokenDecoder(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
         trunc_normal_(self.embed.weight, std=0.02)
         trunc_normal_(self.pos_embed, std=0.02)
+        # Run anchoring (configure_anchor): start token -> index of the memory token under its cell.
+        self.anchor_proj = nn.Linear(d_model, d_model) if anchor else None
+        self.anchor_lo = -1
+        self.register_buffer("anchor_index", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    @property
+    def anchored(self) -> bool:
+        """Whether inputs carry the visual token of their run's start (anchor on and configured)."""
+        return self.anchor_proj is not None and self.anchor_lo >= 0
+
+    def configure_anchor(self, lo: int, memory_index: Tensor) -> None:
+        """Tokens ``lo .. lo + len(memory_index)`` are run starts; start ``lo + i`` lies over memory token
+        ``memory_index[i]``.
+
+        With ``anchor`` on, every decoder input gets ``anchor_proj`` of the memory token under the latest
+        start at or before it (nothing before the first start). The query that writes a run's length and
+        class then holds the visual token of the run's place directly instead of having to find it by
+        cross-attention: the run's 2-D position enters the decoder as what is seen there.
+        """
+        if self.anchor_proj is None:
+            raise ValueError("this decoder was built without anchor=True")
+        if lo < 0 or lo + len(memory_index) > self.vocab_size:
+            raise ValueError(f"tokens {lo}..{lo + len(memory_index)} exceed the vocabulary ({self.vocab_size})")
+        self.anchor_lo = int(lo)
+        self.anchor_index = memory_index.to(device=self.embed.weight.device, dtype=torch.long)
+
+    def _start_cells(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Whether each token is a run start, and (clamped) the memory index under it."""
+        cell = tokens - self.anchor_lo
+        is_start = (cell >= 0) & (cell < len(self.anchor_index))
+        return is_start, self.anchor_index[cell.clamp(0, len(self.anchor_index) - 1)]
+
+    def _anchor_inputs(self, tokens: Tensor, memory: Tensor) -> Tensor:
+        """``anchor_proj`` of the memory token under each position's latest start ``[B, L, d]`` (0 before)."""
+        is_start, index = self._start_cells(tokens)
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        latest = torch.where(is_start, positions, -1).cummax(dim=1).values
+        index = index.gather(1, latest.clamp_min(0))
+        seen = memory.gather(1, index[..., None].expand(-1, -1, memory.shape[-1]))
+        return self.anchor_proj(seen) * (latest >= 0)[..., None].to(memory.dtype)
 
     def _logits(self, x: Tensor) -> Tensor:
         return F.linear(self.norm(x), self.embed.weight, self.out_bias)
@@ -170,18 +236,36 @@ class TokenDecoder(nn.Module):
 
     def forward(self, tokens: Tensor, memory: Tensor) -> Tensor:
         """Teacher-forced logits ``[B, L, V]``; position i predicts token i+1."""
-        x = self.dropout(self.embed(tokens) + self.pos_embed[: tokens.shape[1]])
+        x = self.embed(tokens) + self.pos_embed[: tokens.shape[1]]
+        if self.anchored:
+            x = x + self._anchor_inputs(tokens, memory)
+        x = self.dropout(x)
         for layer in self.layers:
             x = layer(x, memory)
         return self._logits(x)
 
     def cross_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Every layer's cross-attention keys/values of ``memory``: computed once per image."""
-        return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+        """Every layer's cross-attention keys/values of ``memory``: computed once per image.
+
+        Anchored, one more pair follows the layers' (the projected memory the anchors are read from, and
+        the current anchor of each row, which :meth:`step` updates)."""
+        cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
+        if self.anchored:
+            cross.append((self.anchor_proj(memory), memory.new_zeros(memory.shape[0], memory.shape[-1])))
+        return cross
 
     def step(self, tokens: Tensor, pos: int, cache: KVCache, cross: list[tuple[Tensor, Tensor]]) -> Tensor:
         """Feed ``tokens`` ``[B]`` at position ``pos``; returns the next-token logits ``[B, V]``."""
         x = self.embed(tokens[:, None]) + self.pos_embed[pos]
+        if self.anchored:
+            projected, current = cross[-1]
+            if pos == 0:
+                current.zero_()
+            is_start, index = self._start_cells(tokens)
+            here = projected.gather(1, index[:, None, None].expand(-1, 1, projected.shape[-1]))[:, 0]
+            current.copy_(torch.where(is_start[:, None], here, current))
+            x = x + current[:, None]
+            cross = cross[:-1]
         for layer, k_cache, v_cache, (ck, cv) in zip(
             self.layers, cache.keys, cache.values, cross, strict=True
         ):
@@ -203,6 +287,14 @@ class Pix2Seq(nn.Module):
         deep_stride: also run the backbone's deeper stages down to this reduction and add them, projected
             and upsampled, to that map (see :func:`~rleseg.models.backbones.create_backbone`); ``None``:
             the backbone stops at ``feature_stride``.
+        memory_stride: the reduction of the visual memory the decoder reads (``None``: ``feature_stride``).
+            Smaller than ``feature_stride`` (e.g. 4 beside 8): the encoder still runs at
+            ``feature_stride``; its output is upsampled to the ``memory_stride`` grid and added to a
+            projection of the backbone's map at that reduction (images only). The memory then matches a
+            finer token grid (64×64 input, s = 4: 16×16) at the cost of cross-attention over 4× the tokens.
+        anchor: add to each decoder input the (projected) visual token under the cell of the latest run
+            start, so the query that writes a run's length and class sees its place (see
+            :meth:`TokenDecoder.configure_anchor`; the tokenizer's start field must be set there).
         d_model: token width (divisible by ``num_heads``, even).
         encoder_layers: transformer encoder layers (≥ 1).
         decoder_layers: transformer decoder layers (≥ 1).
@@ -271,6 +363,7 @@ class Pix2Seq(nn.Module):
         in_chans: int = 3,
         feature_stride: int = 16,
         deep_stride: int | None = None,
+        memory_stride: int | None = None,
         d_model: int = 256,
         encoder_layers: int = 6,
         decoder_layers: int = 6,
@@ -280,6 +373,7 @@ class Pix2Seq(nn.Module):
         frames: int = 1,
         fusion: Fusion = "sequential",
         backbone_kwargs: dict[str, Any] | None = None,
+        anchor: bool = False,
     ) -> None:
         super().__init__()
         if vocab_size < 2:
@@ -308,16 +402,24 @@ class Pix2Seq(nn.Module):
             in_chans=in_chans,
             feature_stride=feature_stride,
             deep_stride=deep_stride,
+            fine_stride=memory_stride if memory_stride not in (None, feature_stride) else None,
             **(backbone_kwargs or {}),
         )
         self.encoder = VisualEncoder(
             bb, d_model, encoder_layers, num_heads, mlp_dim, dropout, frames=frames, fusion=fusion
         )
         self.decoder = TokenDecoder(
-            vocab_size, max_seq_len, d_model, decoder_layers, num_heads, mlp_dim, dropout
+            vocab_size, max_seq_len, d_model, decoder_layers, num_heads, mlp_dim, dropout, anchor=anchor
         )
         init_weights(self.encoder.proj)
-        for module in (*self.encoder.layers, self.encoder.fusion_layer, *self.decoder.layers):
+        if self.encoder.fine_proj is not None:
+            init_weights(self.encoder.fine_proj)
+        for module in (
+            *self.encoder.layers,
+            self.encoder.fusion_layer,
+            *self.decoder.layers,
+            self.decoder.anchor_proj,
+        ):
             if module is not None:
                 init_weights(module)
 
