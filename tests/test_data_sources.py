@@ -178,7 +178,9 @@ def test_mri_groupings(data_mri_dir: Path, grouping: str, n: int) -> None:
 
 
 def test_mri_hemispheres_are_instances_and_slabs_have_a_gap(data_mri_dir: Path) -> None:
-    src = create_source("mri", data_dir=str(data_mri_dir), grouping="aal62", split_at=80, gap=10)
+    src = create_source(
+        "mri", data_dir=str(data_mri_dir), grouping="aal62", split="slab", split_at=80, gap=10
+    )
     train, val = src.slices("train"), src.slices("val")
     assert train.max() < 80 and val.min() >= 90
     clip = src.split("val", video=True).load(0, 0, 4)
@@ -186,6 +188,51 @@ def test_mri_hemispheres_are_instances_and_slabs_have_a_gap(data_mri_dir: Path) 
     inst = clip.panoptic % 1000
     cls = int(np.bincount(clip.semantic[inst == 2].ravel()).argmax())  # a right-hemisphere region ...
     assert {1, 2} <= set(np.unique(inst[clip.semantic == cls]).tolist())  # ... whose left half is instance 1
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_mri_interleaved_split_keeps_every_lobe_on_both_sides(data_mri_dir: Path, axis: str) -> None:
+    from rleseg.data.sources.mri import AXES
+
+    src = create_source("mri", data_dir=str(data_mri_dir), grouping="lobes", axis=axis)
+    assert (src.split_kind, src.slab, src.val_slab, src.gap) == ("interleaved", 8, 8, 4)  # the default
+    train, val = src.slices("train"), src.slices("val")
+    assert (src.slices("test") == val).all() and not set(train.tolist()) & set(val.tolist())
+    # no training slice within `gap` slices of a validation slice
+    assert np.abs(train[:, None] - val[None, :]).min() > src.gap
+    # every class present along the axis appears in both splits (the lobes slab split loses the cerebellum)
+    data = load_npz(src.cache_file)
+    semantic = src._grouping()[1][data["atlas"]]
+    other = tuple(a for a in range(3) if a != AXES[axis])
+    present = np.stack([(semantic == c).any(axis=other) for c in range(1, src.num_classes)])  # C x slices
+    assert present.any(axis=1).all()  # all 8 lobes are in the volume
+    assert present[:, train].any(axis=1).all(), "a class is missing from train"
+    assert present[:, val].any(axis=1).all(), "a class is missing from val"
+    # the same through the loaded images, and the clips are one per slab of consecutive slices
+    seen = [set(), set()]
+    for k, name in enumerate(("train", "val")):
+        split = src.split(name)
+        for i in range(len(split)):
+            seen[k].update(np.unique(split.load(i).semantic).tolist())
+    assert seen[0] == seen[1] == set(range(src.num_classes))
+    clips = src.split("train", video=True)
+    assert len(clips) > 1 and all(1 <= clips.num_frames(i) <= src.slab for i in range(len(clips)))
+    assert sum(clips.num_frames(i) for i in range(len(clips))) == len(train)
+    assert (np.diff(src.slices("train")[: clips.num_frames(0)]) == 1).all()
+
+
+def test_mri_split_options_are_checked(data_mri_dir: Path) -> None:
+    slab = create_source("mri", data_dir=str(data_mri_dir), grouping="lobes", split="slab")
+    assert slab.gap == 10 and slab.slices("val").min() - slab.slices("train").max() == 11
+    custom = create_source("mri", data_dir=str(data_mri_dir), slab=4, val_slab=2, gap=2)
+    train, val = custom.slices("train"), custom.slices("val")
+    first = int(train[0])  # 4 training slices, 2 dropped, 2 validation slices, 2 dropped, ...
+    assert train[:5].tolist() == [first, first + 1, first + 2, first + 3, first + 10]
+    assert val[:3].tolist() == [first + 6, first + 7, first + 16]
+    with pytest.raises(DataError, match="unknown MRI split"):
+        create_source("mri", split="halves")
+    with pytest.raises(DataError, match="split_at applies to split='slab'"):
+        create_source("mri", split_at=80)
 
 
 # ----------------------------------------------------------------------------- nuclei

@@ -364,3 +364,34 @@ def test_constrained_decoding_lets_a_trained_model_say_what_it_learned():
     assert torch.equal(out.tokens, targets)
     for row, mask in zip(out.tokens.numpy(), masks, strict=True):
         assert np.array_equal(tok.decode(row), mask)
+
+
+def test_anchored_fine_memory_model_steps_equal_the_teacher_forced_pass():
+    """memory_stride + anchor: cached steps track each row's latest start exactly as the full pass does."""
+    torch.manual_seed(3)
+    model = tiny(80, 24, memory_stride=4, anchor=True).eval()
+    x = clips(3, 1)
+    memory = model.encode(x)
+    assert memory.shape == (3, 8 * 8, 32)  # 32x32 input: the stride-4 grid, not the stride-8 one
+    model.decoder.configure_anchor(10, torch.randperm(64))  # starts are tokens 10..73
+    tokens = torch.tensor([[2, 3, 12, 40, 15, 15, 50, 1], [2, 11, 5, 5, 5, 30, 33, 1], [2, 5, 6, 7, 8, 9, 4, 1]])
+    with torch.no_grad():
+        full = model.decoder(tokens, memory)
+        cross = model.decoder.cross_kv(memory)
+        cache = KVCache.allocate(2, 3, 4, tokens.shape[1], 8)
+        steps = torch.stack([model.decoder.step(tokens[:, p], p, cache, cross) for p in range(tokens.shape[1])], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    # the anchor changes what follows a start and nothing before it
+    with torch.no_grad():
+        moved = model.decoder(torch.where(tokens == 12, 13, tokens), memory)
+    assert torch.equal(moved[0, :2], full[0, :2]) and not torch.allclose(moved[0, 2:], full[0, 2:])
+    assert torch.equal(moved[2], full[2])  # row 2 has no start token: no anchor input anywhere
+
+
+def test_anchor_must_be_built_and_fine_memory_is_for_images():
+    from rleseg.models import ModelConfigError
+
+    with pytest.raises(ValueError, match="anchor=True"):
+        tiny(20, 8).decoder.configure_anchor(2, torch.arange(4))
+    with pytest.raises(ModelConfigError, match="image models"):
+        tiny(20, 8, memory_stride=4, frames=2)
