@@ -204,7 +204,15 @@ class SegModuleBase(LightningModule):
         metric.update(loss, weight)
         self.log(f"{stage}/loss", metric, on_step=False, on_epoch=True)
 
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
     def on_validation_epoch_end(self) -> None:
+        started = getattr(self, "_fit_started", None)
+        if started is not None and not self.trainer.sanity_checking:
+            # wall-clock seconds since this fit started (a resumed fit counts from its own start):
+            # the x axis of learning curves against time
+            self.log("val/elapsed_seconds", time.perf_counter() - started)
         self._log_metrics("val")
         # compute() syncs across processes: every rank takes part, rank 0 draws
         confusion = self.val_confusion.compute().cpu().numpy() if self.val_confusion.update_called else None
@@ -269,6 +277,9 @@ class RLESegModule(SegModuleBase):
         memory_stride: reduction of the visual memory the decoder reads (``None``: ``feature_stride``);
             e.g. 4 beside ``feature_stride`` 8 gives a 64×64 input a 16×16 memory, the grid of s = 4 tokens
             (see :class:`rleseg.models.Pix2Seq`).
+        fine_smooth: a 3×3 conv + BatchNorm + ReLU on the finer memory (see :class:`rleseg.models.Pix2Seq`).
+        cross_memory: ``"fine"`` or ``"coarse"``: which grid cross-attention reads when ``memory_stride`` is
+            finer (coarse: 4× cheaper; the fine grid then feeds the anchors and the aux head only).
         anchor: each decoder input also carries the visual token under its run's start cell (image and
             panoptic tokenizers with a flat start field; see ``TokenDecoder.configure_anchor``).
         diagnostics: token-level diagnostics at every validation (and test) epoch, logged as
@@ -314,6 +325,8 @@ class RLESegModule(SegModuleBase):
         position_init: bool = True,
         aux_dense_weight: float = 0.0,
         memory_stride: int | None = None,
+        fine_smooth: bool = False,
+        cross_memory: str = "fine",
         anchor: bool = False,
         diagnostics: bool = True,
     ) -> None:
@@ -347,6 +360,8 @@ class RLESegModule(SegModuleBase):
             frames=model_frames,
             fusion=fusion,
             memory_stride=memory_stride,
+            fine_smooth=fine_smooth,
+            cross_memory=cross_memory,
             anchor=anchor,
         )
         if anchor and model_frames > 1:
@@ -365,6 +380,9 @@ class RLESegModule(SegModuleBase):
         self.aux_head = nn.Linear(d_model, info.num_classes) if aux_dense_weight > 0 else None
         self.val_seq = SequenceStats()
         self.test_seq = SequenceStats()
+        # label-resolution Dice of the aux head's argmax (with diagnostics): the visual features' own answer
+        self.val_probe_metrics = SegmentationMetrics(info.num_classes)
+        self.test_probe_metrics = SegmentationMetrics(info.num_classes)
         self.tokenizer: Tokenizer | None = None
         # built with the tokenizer (attach_tokenizer): their fields are its vocabulary's ranges
         self.val_diag: TokenDiagnostics | None = None
@@ -393,7 +411,7 @@ class RLESegModule(SegModuleBase):
         from rleseg.models.layers import grid_points
 
         coords = grid_points(shape)
-        stride = self.model.encoder.stride
+        stride = self.model.encoder.cross_stride
         for axis, size in zip((-2, -1), self.info.input_size, strict=True):
             ratio = (size / stride) / shape[axis]  # visual tokens per token-mask cell along this axis
             coords[:, axis] = (coords[:, axis] + 0.5) * ratio - 0.5
@@ -412,7 +430,10 @@ class RLESegModule(SegModuleBase):
         grid = [size // self.model.encoder.stride for size in self.info.input_size]
         rows = ((torch.arange(shape[0]) + 0.5) * grid[0] / shape[0]).long().clamp_max(grid[0] - 1)
         cols = ((torch.arange(shape[1]) + 0.5) * grid[1] / shape[1]).long().clamp_max(grid[1] - 1)
-        self.model.decoder.configure_anchor(ranges[0].lo, (rows[:, None] * grid[1] + cols[None, :]).flatten())
+        index = (rows[:, None] * grid[1] + cols[None, :]).flatten()
+        # the fine grid comes after the coarse tokens when cross-attention reads the coarse ones
+        offset = self.model.encoder.cross_tokens(torch.empty(0, 0, *self.info.input_size, device="meta")) or 0
+        self.model.decoder.configure_anchor(ranges[0].lo, index + offset)
 
     def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Use ``tokenizer`` for decoding and build the per-token loss weights from its vocabulary."""
@@ -434,6 +455,7 @@ class RLESegModule(SegModuleBase):
             self.test_diag = TokenDiagnostics(tokenizer, self.num_classes).to(self.token_weight.device)
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._check_truncation()
 
     def _check_truncation(self) -> None:
@@ -468,13 +490,13 @@ class RLESegModule(SegModuleBase):
 
     def _losses(self, batch: dict[str, Any], dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token loss and, with ``dense`` and an auxiliary head, the auxiliary dense loss."""
-        return self._teacher_forced(batch, dense)[:2]
+        return self._teacher_forced(batch, dense)[:2]  # type: ignore[return-value]
 
     def _teacher_forced(
         self, batch: dict[str, Any], dense: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """``(token loss, auxiliary dense loss or None, logits [B, L, V], target tokens [B, L])`` of one
-        teacher-forced pass (see :meth:`_losses`)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(token loss, auxiliary dense loss or None, logits [B, L, V], target tokens [B, L], memory)``
+        of one teacher-forced pass (see :meth:`_losses`)."""
         tokens = batch["tokens"]
         # Fake tensors (rleseg.memory's estimate) have no values to trim by: they size the worst case, a
         # batch holding a max_seq_len sequence, which is what a memory budget must cover.
@@ -496,7 +518,7 @@ class RLESegModule(SegModuleBase):
         w = self.token_weight[target.reshape(-1)]
         token_loss = (ce * w).sum() / w.sum().clamp_min(1e-6)
         aux = self._aux_dense_loss(memory, batch["mask"]) if dense and self.aux_head is not None else None
-        return token_loss, aux, logits, target
+        return token_loss, aux, logits, target, memory
 
     def _aux_dense_loss(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Pixel cross-entropy of a linear class head on the visual tokens (training only).
@@ -506,15 +528,19 @@ class RLESegModule(SegModuleBase):
         is unchanged: masks still come from generated tokens.
         """
         semantic = mask // self.info.label_divisor if self.info.task == "panoptic" else mask
-        h, w = (size // self.model.encoder.stride for size in semantic.shape[-2:])
+        return F.cross_entropy(self._aux_logits(memory, tuple(semantic.shape[-2:])), semantic.long())
+
+    def _aux_logits(self, memory: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The auxiliary head's class logits ``[B, N, H, W]`` at the label size ``size``."""
+        h, w = (n // self.model.encoder.stride for n in size)
+        memory = memory[:, memory.shape[1] - h * w :]  # the finest grid comes last
         if h * w != memory.shape[1]:
             raise ValueError(
                 f"aux_dense_weight: {memory.shape[1]} visual tokens do not form the {h}x{w} feature grid of "
-                f"a {tuple(semantic.shape[-2:])} input"
+                f"a {size} input"
             )
         logits = self.aux_head(memory).transpose(1, 2).reshape(memory.shape[0], -1, h, w)
-        logits = F.interpolate(logits.float(), size=semantic.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits, semantic.long())
+        return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """The loss a training step optimises (what ``rleseg.memory`` estimates the memory of)."""
@@ -619,9 +645,14 @@ class RLESegModule(SegModuleBase):
             tokens, truncated = batch["patch_tokens"].flatten(0, 1), batch["patch_truncated"].flatten()
         else:
             images, tokens, truncated = batch["image"], batch["tokens"], batch["truncated"]
-        loss, _, logits, target = self._teacher_forced({"image": images, "tokens": tokens}, dense=False)
+        loss, _, logits, target, memory = self._teacher_forced({"image": images, "tokens": tokens}, dense=False)
         self._log_loss(stage, loss, self.token_weight[tokens[:, 1:]].sum())
         diag = getattr(self, f"{stage}_diag", None)
+        if diag is not None and self.aux_head is not None and "patch_tokens" not in batch:
+            # what a linear probe of the visual memory reads (the aux head): features vs decoder
+            mask = batch["mask"] // self.info.label_divisor if self.info.task == "panoptic" else batch["mask"]
+            probe = self._aux_logits(memory, tuple(mask.shape[-2:])).argmax(dim=1)
+            getattr(self, f"{stage}_probe_metrics").update(probe, mask)
         if diag is not None:
             diag.update_teacher_forced(logits, target)
             tok_pred, tok_target = out["token_mask"], batch.get("token_mask")
@@ -653,6 +684,10 @@ class RLESegModule(SegModuleBase):
             for key, v in seq.compute().items():
                 self.log(f"{stage}/{key}", v.float())
             seq.reset()
+        probe = getattr(self, f"{stage}_probe_metrics")
+        if probe.update_called:
+            self.log(f"{stage}/diag/probe_dice_mean", probe.compute()["mean_dice"])
+            probe.reset()
         diag = getattr(self, f"{stage}_diag", None)
         if diag is not None and diag.update_called:
             for key, v in diag.compute().items():  # syncs the states across processes

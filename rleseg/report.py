@@ -6,6 +6,15 @@ that :func:`rleseg.sweep.run_sweep` stores), :func:`rleseg.sweep.export_trials`,
 wrote (``trial_NNNN/config.yaml``, the Lightning CSV log ``metrics.csv`` and the sample predictions
 ``val_predictions/epoch_NNN.png``). Nothing is retrained or re-evaluated.
 
+**Trial folders.** A trial's folder is where its recorded ``config.yaml`` is (under ``runs/``, not
+committed); when that folder is gone, ``trial_NNNN/`` or ``trials/trial_NNNN/`` beside the study file
+(``ReportOptions.trial_roots``), or ``trials/trial_NNNN/`` in the report folder. With
+``ReportOptions.copy_trials`` (``rleseg report --copy-trials``) each trial's small artifacts
+(``metrics.csv``, ``config.yaml``, ``hparams.yaml`` and the last ``val_predictions/epoch_*.png``) are
+copied to ``<out>/trials/trial_NNNN/``: committed beside the report and its ``study.db``, they let
+``rleseg report --study <out>/study.db`` rebuild every section on another machine. The report links
+those folders (relative paths) wherever it names a trial's files.
+
 Sections (each degrades to a sentence, never an exception, when the study cannot fill it yet):
 
 1. the study: sampler, objectives, budgets, trial states (partly finished or failed studies say so);
@@ -14,9 +23,15 @@ Sections (each degrades to a sentence, never an exception, when the study cannot
 3. tokens per mask per encoding vs mask resolution (per-trial p50, p95 and max, with ``max_seq_len``);
 4. quality vs vocabulary size and vs tokens per mask;
 5. a Pareto front per memory budget (quality vs memory, quality vs decode time; infeasible points hollow);
-6. the best trial: per-class precision / recall / Dice, training curves, sample predictions;
-7. optimisation history and parameter importances (where at least two complete trials vary a parameter);
-8. failed trials with their errors.
+6. the learning curves of every trial (``val/dice_mean`` vs optimizer step and vs wall-clock seconds,
+   ``val/elapsed_seconds``); trials that differ only by the seed (``seed_everything`` or ``seed``) form
+   one *variant*: one colour, one line style per seed; a table per variant (final and best Dice, mean
+   over seeds, and the difference to the dense baseline when exactly one variant is a ``DenseSegModule``);
+7. token diagnostics (``val/diag/*`` of the last validation, mean over seeds per variant; class-aware vs
+   class-agnostic token Dice and probe Dice vs step);
+8. the best trial: per-class precision / recall / Dice, training curves, sample predictions;
+9. optimisation history and parameter importances (where at least two complete trials vary a parameter);
+10. failed trials with their errors.
 
 ``report.md`` links its figures in ``figures/`` beside it; ``report.html`` embeds them (base64), so it is
 one file to share. ``trials.csv`` (the :func:`~rleseg.sweep.export_trials` table) is written too.
@@ -68,8 +83,10 @@ class ReportOptions:
         command: the shell command that regenerates the report, shown at its top.
         metric: the quality metric (default: the study's first maximised objective, else ``val/dice_mean``).
         storage: how the study was reached (shown in the summary).
-        trial_roots: folders that may hold ``trial_NNNN/`` when the recorded config paths moved (the
-            storage file's folder, typically).
+        trial_roots: folders that may hold ``trial_NNNN/`` or ``trials/trial_NNNN/`` when the recorded
+            config paths moved (the storage file's folder, typically).
+        copy_trials: copy each trial's small artifacts to ``<out>/trials/trial_NNNN/`` (see the module
+            docstring) and read them from there.
     """
 
     title: str | None = None
@@ -78,6 +95,7 @@ class ReportOptions:
     metric: str | None = None
     storage: str | None = None
     trial_roots: list[Path] = field(default_factory=list)
+    copy_trials: bool = False
 
 
 @dataclass
@@ -89,6 +107,7 @@ class ReportResult:
     csv: Path
     figures: list[Path]
     sections: list[str]
+    trials: list[Path] = field(default_factory=list)  # the trial folders copied under ``<out>/trials/``
 
 
 # ==================================================================================== storage
@@ -279,6 +298,8 @@ class _Data:
     direction: str
     trial_dirs: dict[int, Path | None]
     best: int | None
+    links: dict[int, str] = field(default_factory=dict)  # trial -> its folder relative to the report
+    logs: dict[int, pd.DataFrame | str | None] = field(default_factory=dict)  # read once (see _trial_log)
 
     def value(self, number: int, key: str) -> Any:
         row = self.frame.loc[self.frame["number"] == number]
@@ -327,10 +348,12 @@ def _find_trial_dir(number: int, config_path: Any, roots: Sequence[Path]) -> Pat
             candidates += [root / parent for root in roots]
         candidates += [root / parent.name for root in roots]
     candidates += [root / f"trial_{number:04d}" for root in roots]
+    # Copies committed beside the study (``rleseg report --copy-trials``).
+    candidates += [root / "trials" / f"trial_{number:04d}" for root in roots]
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def _gather(study: Any, options: ReportOptions) -> _Data:
+def _gather(study: Any, options: ReportOptions, extra_roots: Sequence[Path] = ()) -> _Data:
     from rleseg.sweep import export_trials
 
     frame = export_trials(study)
@@ -372,7 +395,7 @@ def _gather(study: Any, options: ReportOptions) -> _Data:
         lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else False
     )
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
-    roots = list(options.trial_roots)
+    roots = [*options.trial_roots, *extra_roots]
     trial_dirs = {
         int(n): _find_trial_dir(int(n), trials[int(n)].user_attrs.get("config_path"), roots)
         for n in frame["number"]
@@ -712,6 +735,8 @@ FIGURE_PREFIXES = (
     "best_per_class",
     "best_training_curves",
     "best_predictions",
+    "learning_curves",
+    "token_diagnostics",
     "optimization_history",
     "param_importances",
 )
@@ -1490,6 +1515,536 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
+# ============================================================= trial folders, logs and variants
+#: Parameters read as "the seed": trials that differ only by them are one variant.
+SEED_PARAMS = ("seed_everything", "seed")
+#: The small files ``--copy-trials`` copies (besides the last ``val_predictions/epoch_*.png``).
+TRIAL_FILES = ("metrics.csv", "config.yaml", "hparams.yaml")
+DICE = "val/dice_mean"
+ELAPSED = "val/elapsed_seconds"
+DIAG = "val/diag/"
+
+
+def _newest(trial_dir: Path, name: str) -> Path | None:
+    """``trial_dir/name``, else the newest ``name`` below it (Lightning's ``logs/`` folder)."""
+    if (trial_dir / name).is_file():
+        return trial_dir / name
+    found = sorted(trial_dir.rglob(name), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _copy_trials(data: _Data, out: Path) -> list[Path]:
+    """Copy each trial's small artifacts to ``out/trials/trial_NNNN/`` and read them from there.
+
+    Returns the folders written (a trial already read from its copy counts; a trial without a folder or
+    files is skipped).
+    """
+    copied: list[Path] = []
+    for number, src in sorted(data.trial_dirs.items()):
+        if src is None:
+            continue
+        dest = out / "trials" / f"trial_{number:04d}"
+        if dest.is_dir() and dest.resolve() == src.resolve():
+            copied.append(dest)  # regenerated from the copies themselves
+            continue
+        files = {name: _newest(src, name) for name in TRIAL_FILES}
+        files["metrics.csv"] = _metrics_csv(src)
+        png = _predictions_png(src)
+        if png is None and not any(files.values()):
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, path in files.items():
+            target = dest / name
+            if path is not None:
+                shutil.copyfile(path, target)
+            elif target.is_file():
+                target.unlink()  # stale: the trial no longer has it
+        pred_dir = dest / "val_predictions"
+        for old in pred_dir.glob("epoch_*.png") if pred_dir.is_dir() else []:
+            if png is None or old.name != png.name:
+                old.unlink()
+        if png is not None:
+            pred_dir.mkdir(exist_ok=True)
+            shutil.copyfile(png, pred_dir / png.name)
+        data.trial_dirs[number] = dest
+        data.logs.pop(number, None)
+        copied.append(dest)
+    return copied
+
+
+def _trial_links(data: _Data, out: Path) -> dict[int, str]:
+    """``{trial: "trials/trial_NNNN/"}`` for the trial folders copied beside the report."""
+    links = {}
+    for number in data.trials:
+        rel = f"trials/trial_{number:04d}/"
+        if (out / rel).is_dir():
+            links[number] = rel
+    return links
+
+
+def _trial_ref(data: _Data, number: int) -> str:
+    """``#N``, linked to the trial's copied folder when there is one."""
+    link = data.links.get(number)
+    return f"[#{number}]({link})" if link else f"#{number}"
+
+
+def _val_rows(log: pd.DataFrame) -> pd.DataFrame:
+    """One row per validation (the steps where ``val/dice_mean`` was logged), ``val/*`` columns only;
+    values logged at the same step in separate rows are merged."""
+    if DICE not in log.columns:
+        return pd.DataFrame(columns=["step", DICE])
+    log = log.copy()
+    log["step"] = pd.to_numeric(log["step"], errors="coerce") if "step" in log else np.arange(len(log))
+    cols = [c for c in log.columns if str(c).startswith("val/")]
+    for c in cols:
+        log[c] = pd.to_numeric(log[c], errors="coerce")
+    steps = log.loc[log[DICE].notna(), "step"].dropna().unique()
+    rows = log[log["step"].isin(steps)]
+    return rows.groupby("step", sort=True)[cols].last().reset_index()
+
+
+def _trial_log(data: _Data, number: int) -> pd.DataFrame | str:
+    """The trial's validation rows (see :func:`_val_rows`), or why there are none (a sentence)."""
+    if number not in data.logs:
+        csv = _metrics_csv(data.trial_dirs.get(number))
+        if csv is None:
+            data.logs[number] = "no `metrics.csv`" if data.trial_dirs.get(number) else "no trial folder"
+        else:
+            try:
+                val = _val_rows(pd.read_csv(csv))
+                data.logs[number] = val if len(val) else f"no `{DICE}` in `{_display_path(csv)}`"
+            except (OSError, ValueError, pd.errors.ParserError) as err:
+                data.logs[number] = f"`{_display_path(csv)}` unreadable ({type(err).__name__})"
+    return data.logs[number]  # type: ignore[return-value]
+
+
+def _class_path(data: _Data, number: int) -> str | None:
+    """The model's ``class_path`` in the trial's ``config.yaml`` (None when unknown)."""
+    trial_dir = data.trial_dirs.get(number)
+    if trial_dir is None or not (trial_dir / "config.yaml").is_file():
+        return None
+    import yaml
+
+    try:
+        config = yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    model = config.get("model") if isinstance(config, dict) else None
+    path = model.get("class_path") if isinstance(model, dict) else None
+    return str(path) if path else None
+
+
+def _seed_params(data: _Data) -> list[str]:
+    keys = data.sweep.get("params") or {}
+    return [p for p in data.params if p in SEED_PARAMS or keys.get(p) == "seed_everything"]
+
+
+@dataclass(eq=False)
+class _Run:
+    number: int
+    seed: Any  # the seed parameter's value; None without one
+    val: pd.DataFrame  # one row per validation (see _val_rows)
+    state: str
+
+
+@dataclass(eq=False)
+class _Variant:
+    label: str
+    runs: list[_Run]
+    class_path: str | None = None
+    color: Any = None
+
+    @property
+    def numbers(self) -> list[int]:
+        return [r.number for r in self.runs]
+
+    def first(self) -> _Run:
+        """The run of seed 0, else of the first seed."""
+        return next((r for r in self.runs if str(r.seed) == "0"), self.runs[0])
+
+
+def _choice_rank(data: _Data, param: str, value: Any) -> tuple[Any, ...]:
+    for t in data.trials.values():
+        dist = t.distributions.get(param)
+        if dist is not None and hasattr(dist, "choices"):
+            choices = [str(c) for c in dist.choices]
+            if str(value) in choices:
+                return (0, choices.index(str(value)))
+            break
+    number = _finite(value)
+    return (1, number) if number is not None else (2, _natural_key(str(value)))
+
+
+def _variants(data: _Data) -> tuple[list[_Variant], list[str]]:
+    """The trials with a validation log grouped by their parameters without the seed (the variants, in
+    the order of the search space's choices), and a note per trial left out."""
+    import matplotlib
+
+    seeds = _seed_params(data)
+    others = [p for p in data.params if p not in seeds]
+    superseded = set(data.frame.loc[data.frame["superseded"].astype(bool), "number"].astype(int))
+    groups: dict[tuple[Any, ...], list[_Run]] = {}
+    labels: dict[tuple[Any, ...], str] = {}
+    skipped: list[str] = []
+    for number in sorted(data.trials):
+        t = data.trials[number]
+        if number in superseded or number not in data.trial_dirs:
+            continue
+        val = _trial_log(data, number)
+        if isinstance(val, str):
+            if t.state.name in ("COMPLETE", "RUNNING") or data.trial_dirs.get(number) is not None:
+                skipped.append(f"#{number}: {val}")
+            continue
+        key = tuple(_choice_rank(data, p, t.params.get(p)) for p in others)
+        seed = next((t.params[p] for p in seeds if p in t.params), None)
+        groups.setdefault(key, []).append(_Run(number, seed, val, t.state.name))
+        labels[key] = ", ".join(f"{p}={t.params[p]}" for p in others if p in t.params) or "all trials"
+    cmap = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    variants = []
+    for i, key in enumerate(sorted(groups)):
+        runs = sorted(groups[key], key=lambda r: (_natural_key(str(r.seed)), r.number))
+        paths = {_class_path(data, r.number) for r in runs} - {None}
+        variant = _Variant(labels[key], runs, paths.pop() if len(paths) == 1 else None, cmap(i % cmap.N))
+        variants.append(variant)
+    return variants, skipped
+
+
+def _seed_styles(variants: Sequence[_Variant]) -> dict[str, tuple[Any, str]]:
+    """One (line style, marker) per seed, shared by every variant."""
+    styles: list[Any] = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+    seeds = sorted({str(r.seed) for v in variants for r in v.runs}, key=_natural_key)
+    return {s: (styles[i % len(styles)], _MARKERS[i % len(_MARKERS)]) for i, s in enumerate(seeds)}
+
+
+def _seed_name(run: _Run) -> str:
+    return f"seed {run.seed}" if run.seed is not None else f"#{run.number}"
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    kept = [v for v in (_finite(x) for x in values) if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+# -------------------------------------------------------------------------------- learning curves
+def _last(val: pd.DataFrame, column: str) -> float | None:
+    part = val[column].dropna() if column in val else pd.Series(dtype=float)
+    return float(part.iloc[-1]) if len(part) else None
+
+
+def _has_elapsed(run: _Run) -> bool:
+    return ELAPSED in run.val and run.val[ELAPSED].notna().any()
+
+
+def _fig_learning_curves(variants: Sequence[_Variant], path: Path) -> tuple[Path | None, str]:
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    runs = [r for v in variants for r in v.runs]
+    timed = [r for r in runs if _has_elapsed(r)]
+    styles = _seed_styles(variants)
+    panels = 2 if timed else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels + 3.0, 4.6), squeeze=False)
+    axes = axes[0]
+    for v in variants:
+        for r in v.runs:
+            ls, marker = styles[str(r.seed)]
+            kw = {"color": v.color, "ls": ls, "marker": marker, "ms": 4, "lw": 1.5, "alpha": 0.9}
+            part = r.val[["step", DICE]].dropna()
+            axes[0].plot(part["step"], part[DICE], **kw)
+            if panels == 2 and _has_elapsed(r):
+                part = r.val[[ELAPSED, DICE]].dropna()
+                axes[1].plot(part[ELAPSED], part[DICE], **kw)
+    axes[0].set_xlabel("optimizer step")
+    axes[0].set_title("Validation Dice vs training step")
+    if panels == 2:
+        axes[1].set_xlabel("wall-clock seconds since the start of fit")
+        axes[1].set_title("Validation Dice vs wall-clock time")
+    for ax in axes:
+        ax.set_ylabel(metric_label(DICE))
+        ax.set_ylim(bottom=0)
+    handles = [Line2D([], [], color=v.color, lw=2.2, label=v.label) for v in variants]
+    if len(styles) > 1:
+        handles += [
+            Line2D([], [], color="#555", ls=ls, marker=m, ms=4, label=f"seed {s}")
+            for s, (ls, m) in styles.items()
+            if s != "None"
+        ]
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    fig.suptitle("Learning curves of every trial", fontsize=12, y=1.02)
+    caption = (
+        f"`{DICE}` at each validation of every trial against the optimizer step"
+        + (f" (left) and the wall-clock seconds since the start of fit, `{ELAPSED}` (right)" if timed else "")
+        + ". One colour per variant (the trial's parameters without the seed), one line style and marker "
+        "per seed."
+    )
+    if not timed:
+        caption += f" No trial logged `{ELAPSED}`: only the step panel is drawn."
+    elif len(timed) < len(runs):
+        missing = ", ".join(f"#{r.number}" for r in runs if not _has_elapsed(r))
+        caption += f" Trials {missing} logged no `{ELAPSED}`: they are missing from the time panel."
+    return _save(fig, path), caption
+
+
+def _learning_table(data: _Data, variants: Sequence[_Variant]) -> _Table:
+    dense = [v for v in variants if v.class_path and "DenseSegModule" in v.class_path]
+    reference = dense[0] if len(dense) == 1 else None
+    reference_final = _mean(_last(r.val, DICE) for r in reference.runs) if reference else None
+    timed = any(_has_elapsed(r) for v in variants for r in v.runs)
+    rows = []
+    for v in variants:
+        finals = [_last(r.val, DICE) for r in v.runs]
+        final = _mean(finals)
+        per_seed = (
+            ", ".join(f"{_seed_name(r)}: {_fmt(f, 3)}" for r, f in zip(v.runs, finals, strict=True))
+            if len(v.runs) > 1
+            else _fmt(finals[0], 3)
+        )
+        row = {
+            "variant": v.label,
+            "trials": ", ".join(_trial_ref(data, n) for n in v.numbers),
+            "seeds": str(len(v.runs)),
+            "final Dice per seed": per_seed,
+            "final Dice (mean)": _fmt(final, 3),
+            "best Dice (mean)": _fmt(_mean(r.val[DICE].max() for r in v.runs), 3),
+            "steps": _fmt(_mean(r.val["step"].max() for r in v.runs), 0, whole=True),
+        }
+        if timed:
+            row["wall-clock s (mean)"] = _fmt(_mean(_last(r.val, ELAPSED) for r in v.runs), 1)
+        if reference is not None:
+            if v is reference:
+                row["vs dense"] = "reference"
+            elif final is not None and reference_final is not None:
+                row["vs dense"] = f"{final - reference_final:+.3f}"
+            else:
+                row["vs dense"] = ""
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    numeric = set(frame.columns) - {"variant", "trials", "final Dice per seed"}
+    return _Table(frame, numeric=numeric)
+
+
+def _section_learning_curves(
+    doc: _Doc, data: _Data, variants: Sequence[_Variant], skipped: Sequence[str]
+) -> None:
+    doc.section("Learning curves of every trial", "learning-curves")
+    if not variants:
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        doc.add(_Para(f"No trial has a validation log with `{DICE}` yet: no learning curves{why}.", "note"))
+        return
+    doc.figure(_fig_learning_curves(variants, doc.fig_dir / "learning_curves.png"))
+    runs = [r for v in variants for r in v.runs]
+    timed = any(_has_elapsed(r) for r in runs)
+    text = (
+        "One row per variant (trials that differ only by the seed): the last validation's "
+        f"`{DICE}` per seed and its mean, the best `{DICE}` of each trial averaged over the seeds, "
+        "the optimizer steps"
+        + (f" and the wall-clock seconds (`{ELAPSED}`)" if timed else "")
+        + " at the last validation (mean over the seeds)."
+    )
+    dense = [v for v in variants if v.class_path and "DenseSegModule" in v.class_path]
+    if len(dense) == 1:
+        text += (
+            f" *vs dense*: the mean final Dice minus that of the dense baseline ({dense[0].label}, "
+            "model `DenseSegModule`)."
+        )
+    doc.add(_Para(text))
+    doc.add(_learning_table(data, variants))
+    unfinished = [f"#{r.number} ({r.state.lower()})" for r in runs if r.state != "COMPLETE"]
+    if unfinished:
+        doc.add(
+            _Para(f"Not complete: {', '.join(unfinished)}; their last validation counts as final.", "note")
+        )
+    if skipped:
+        doc.add(_Para(f"Left out (no validation log): {'; '.join(skipped)}.", "note"))
+
+
+# ------------------------------------------------------------------------------ token diagnostics
+#: Short column headers of the token diagnostics (``val/diag/<key>``), in table order; ``tf_acc_*``
+#: fields not listed (``tf_acc_eos``, ``tf_acc_ltac``, ...) follow the listed ones.
+DIAG_COLUMNS = {
+    "probe_dice_mean": "probe Dice",
+    "tf_acc": "TF acc",
+    "tf_acc_start": "TF acc start",
+    "tf_acc_lac": "TF acc lac",
+    "tf_acc_lac_class": "TF acc lac class",
+    "tf_acc_lac_length": "TF acc lac length",
+    "tf_dice_mean": "TF Dice",
+    "tf_dice_agnostic": "TF Dice agn.",
+    "exposure_gap": "exposure gap",
+    "dice_classaware": "Dice class-aware",
+    "dice_agnostic": "Dice agn.",
+    "runs_missed": "runs missed",
+    "runs_misplaced": "runs misplaced",
+    "runs_spurious": "runs spurious",
+    "obj_class_ok": "obj. class ok",
+    "obj_err_first_run": "obj. err 1st run",
+    "obj_err_drift": "obj. err drift",
+}
+DIAG_LEGEND = (
+    "Token diagnostics of the last validation (`val/diag/*`, mean over the seeds). *probe Dice*: "
+    "label-resolution Dice of the linear class head trained (training only) on the visual memory — what "
+    "the visual features alone give. *TF acc <field>*: teacher-forced accuracy of the argmax on the "
+    "target tokens of that grammar field (the decoder reads the ground-truth prefix; *TF acc* all fields, "
+    "*start* run starts, *lac* the packed class+length tokens, *lac class* / *lac length* their class and "
+    "length parts alone). *TF Dice*: token-resolution Dice of the teacher-forced argmax sequence. "
+    "*exposure gap* = TF Dice − Dice class-aware: what the model loses by reading its own output "
+    "instead of the ground truth. *Dice class-aware* / *Dice agn.*: token-resolution Dice of the freely "
+    "generated masks with and without the classes (agnostic: foreground vs background). *runs missed* / "
+    "*runs misplaced*: fractions of the target row-runs absent from the prediction / present at the "
+    "wrong place or length; *runs spurious*: fraction of predicted runs with no target run. *obj. class "
+    "ok*: fraction of objects whose runs all carry the right class; *obj. err 1st run*: objects whose "
+    "first class error is at their first run; *obj. err drift*: objects whose first class error comes "
+    "later (the class drifts along the sequence)."
+)
+
+
+def _diag_keys(columns: Iterable[str]) -> list[str]:
+    keys = [c[len(DIAG) :] for c in columns if c.startswith(DIAG)]
+    listed = list(DIAG_COLUMNS)
+
+    def rank(key: str) -> tuple[int, Any]:
+        if key in DIAG_COLUMNS:
+            # unlisted tf_acc_* fields sit after the listed ones, before the Dice values
+            return (0, listed.index(key) * 2)
+        if key.startswith("tf_acc_"):
+            return (0, listed.index("tf_acc_lac_length") * 2 + 1)
+        return (1, _natural_key(key))
+
+    return sorted(dict.fromkeys(keys), key=lambda k: (rank(k), k))
+
+
+def _diag_header(key: str) -> str:
+    if key in DIAG_COLUMNS:
+        return DIAG_COLUMNS[key]
+    if key.startswith("tf_acc_"):
+        return "TF acc " + key[len("tf_acc_") :].replace("_", " ")
+    return key.replace("_", " ")
+
+
+def _last_diag(run: _Run) -> tuple[float | None, dict[str, float]]:
+    """(step, ``{key: value}``) of the last validation row holding diagnostics."""
+    cols = [c for c in run.val.columns if str(c).startswith(DIAG)]
+    rows = run.val[run.val[cols].notna().any(axis=1)] if cols else run.val.iloc[0:0]
+    if rows.empty:
+        return None, {}
+    row = rows.iloc[-1]
+    return _finite(row["step"]), {c[len(DIAG) :]: float(row[c]) for c in cols if _finite(row[c]) is not None}
+
+
+def _diag_table(data: _Data, variants: Sequence[_Variant]) -> _Table | None:
+    per_variant = []
+    for v in variants:
+        last = [(r, *_last_diag(r)) for r in v.runs]
+        last = [(r, step, values) for r, step, values in last if values]
+        if last:
+            per_variant.append((v, last))
+    if not per_variant:
+        return None
+    keys = _diag_keys(f"{DIAG}{k}" for _, last in per_variant for _, _, values in last for k in values)
+    rows = []
+    for v, last in per_variant:
+        row = {
+            "variant": v.label,
+            "trials": ", ".join(_trial_ref(data, r.number) for r, _, _ in last),
+            "seeds": str(len(last)),
+            "step": _fmt(_mean(step for _, step, _ in last), 0, whole=True),
+        }
+        for k in keys:
+            row[_diag_header(k)] = _fmt(_mean(values.get(k) for _, _, values in last), 3)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return _Table(frame, numeric=set(frame.columns) - {"variant", "trials"})
+
+
+#: (diagnostic, legend label, line style) of the token diagnostics figure
+DIAG_CURVES = (
+    (f"{DIAG}dice_classaware", "token Dice, class-aware (generated)", "-"),
+    (f"{DIAG}dice_agnostic", "token Dice, class-agnostic (generated)", "--"),
+    (f"{DIAG}probe_dice_mean", "probe Dice (linear head on the visual memory)", ":"),
+)
+
+
+def _fig_token_diagnostics(variants: Sequence[_Variant], path: Path) -> tuple[Path | None, str]:
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    shown = []
+    for v in variants:
+        run = v.first()
+        if any(k in run.val and run.val[k].notna().any() for k, _, _ in DIAG_CURVES):
+            shown.append((v, run))
+    if not shown:
+        return None, (
+            "No trial logged `val/diag/dice_classaware`, `val/diag/dice_agnostic` or "
+            "`val/diag/probe_dice_mean`: no diagnostics figure."
+        )
+    cols = min(3, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    colors = ("#4c78a8", "#f58518", "#54a24b")
+    for ax, (v, run) in zip(axes.ravel(), shown, strict=False):
+        for (key, _, ls), color in zip(DIAG_CURVES, colors, strict=True):
+            if key in run.val:
+                part = run.val[["step", key]].dropna()
+                ax.plot(part["step"], part[key], ls=ls, color=color, marker="o", ms=3.5, lw=1.6)
+        ax.set_title(f"{v.label} ({_seed_name(run)}, #{run.number})", fontsize=9.5)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(0, 1.02)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Dice (validation)")
+    for ax in axes.ravel()[len(shown) :]:
+        ax.set_visible(False)
+    handles = [
+        Line2D([], [], ls=ls, color=c, marker="o", ms=3.5, label=label)
+        for (_, label, ls), c in zip(DIAG_CURVES, colors, strict=True)
+    ]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    drawn = {id(v) for v, _ in shown}
+    left = [v.label for v in variants if id(v) not in drawn]
+    caption = (
+        "Token Dice of the freely generated masks, class-aware and class-agnostic (token resolution), and "
+        "the probe Dice (label resolution) at each validation, one panel per variant (seed 0, else its "
+        "first seed). Where the probe is high and the generated Dice low, the features know the classes "
+        "and the decoder loses them."
+    )
+    if left:
+        caption += f" Variants without these diagnostics: {'; '.join(left)}."
+    return _save(fig, path), caption
+
+
+def _section_token_diagnostics(doc: _Doc, data: _Data, variants: Sequence[_Variant]) -> None:
+    doc.section("Token diagnostics", "token-diagnostics")
+    with_diag = [
+        r.number for v in variants for r in v.runs if any(str(c).startswith(DIAG) for c in r.val.columns)
+    ]
+    if not with_diag:
+        doc.add(
+            _Para(
+                "No trial's `metrics.csv` holds token diagnostics (`val/diag/*`, logged by token models "
+                "with `diagnostics: true`): no diagnostics table.",
+                "note",
+            )
+        )
+        return
+    table = _diag_table(data, variants)
+    if table is None:
+        doc.add(_Para("The `val/diag/*` columns of the trials' logs hold no value yet.", "note"))
+    else:
+        doc.add(_Para(DIAG_LEGEND))
+        doc.add(table)
+    without = [r.number for v in variants for r in v.runs if r.number not in with_diag]
+    if without:
+        doc.add(
+            _Para(
+                "Trials without diagnostics (the dense baseline, or diagnostics off): "
+                + ", ".join(f"#{n}" for n in without)
+                + ".",
+                "note",
+            )
+        )
+    doc.figure(_fig_token_diagnostics(variants, doc.fig_dir / "token_diagnostics.png"))
+
+
 # ===================================================================================== report
 def _summary(doc: _Doc, data: _Data, options: ReportOptions) -> None:
     study, sweep, f = data.study, data.sweep, data.frame
@@ -1682,11 +2237,12 @@ def _section_best(doc: _Doc, data: _Data) -> None:
         return
     n = data.best
     trial_dir = data.trial_dirs.get(n)
-    where = (
-        f"; its files are in `{_display_path(trial_dir)}`"
-        if trial_dir
-        else "; its trial folder was not found"
-    )
+    if n in data.links:
+        where = f"; its files are in [{data.links[n]}]({data.links[n]})"
+    elif trial_dir:
+        where = f"; its files are in `{_display_path(trial_dir)}`"
+    else:
+        where = "; its trial folder was not found"
     if trial_dir and (trial_dir / "config.yaml").is_file():
         where += f", and `rleseg fit --config {_display_path(trial_dir / 'config.yaml')}` reproduces it"
     doc.add(_Para(f"Trial #{n} ({data.label(n)}), best by `{data.metric}` ({data.direction}){where}."))
@@ -1798,7 +2354,9 @@ def write_report(study: Any, out: str | Path, options: ReportOptions | None = No
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     _clean_figures(fig_dir)
-    data = _gather(study, options)
+    data = _gather(study, options, extra_roots=[out])
+    copied = _copy_trials(data, out) if options.copy_trials else []
+    data.links = _trial_links(data, out)
     style = _Style(data)
     title = options.title or f"Sweep report: {study.study_name}"
     doc = _Doc(fig_dir)
@@ -1855,6 +2413,9 @@ def write_report(study: Any, out: str | Path, options: ReportOptions | None = No
         doc.add(_Heading(3, "Best trial under each budget"))
         doc.add(budget_table)
 
+    variants, skipped = _variants(data)
+    _section_learning_curves(doc, data, variants, skipped)
+    _section_token_diagnostics(doc, data, variants)
     _section_best(doc, data)
     _section_history(doc, data, style)
     _section_failed(doc, data)
@@ -1864,4 +2425,4 @@ def write_report(study: Any, out: str | Path, options: ReportOptions | None = No
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(_to_markdown(doc, title, out))
     html_path.write_text(_to_html(doc, title))
-    return ReportResult(md_path, html_path, csv_path, doc.figures, doc.sections)
+    return ReportResult(md_path, html_path, csv_path, doc.figures, doc.sections, copied)

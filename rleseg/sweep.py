@@ -24,7 +24,9 @@ vary as dotted keys of that config, the objective(s), the sampler, the pruner an
 
 **Named choices** move several knobs together: ``{name: variant, choices: {LABEL: VALUE, ...}}`` stores
 the label in Optuna, and a VALUE that is a mapping sets each of its keys under the knob's key (see
-``sweeps/video.yaml``: a static model only exists for the TAC/LTAC tokenizers).
+``sweeps/video.yaml``: a static model only exists for the TAC/LTAC tokenizers). The knob ``.`` is the
+config's root: its choices map dotted keys to values, so one variant can set model and data keys together
+(``sweeps/token_efficiency.yaml``).
 
 **Budgets.** One study per sweep (and scale); the budgets are a study attribute. Every trial's peak
 training memory is estimated *before* training (:func:`rleseg.memory.estimate_config_memory`); a trial
@@ -195,7 +197,8 @@ class ParamSpec:
         """The ``(dotted key, config value)`` pairs an Optuna parameter value sets."""
         decoded = self.decode(value)
         if self.labels and isinstance(decoded, Mapping):
-            return [(f"{self.key}.{k}", v) for k, v in decoded.items()]
+            # the knob "." sits at the config's root: its choices set dotted keys anywhere (model and data)
+            return [(k if self.key == "." else f"{self.key}.{k}", v) for k, v in decoded.items()]
         return [(self.key, decoded)]
 
     def config_keys(self) -> list[str]:

@@ -5,6 +5,10 @@
 * ``--name NAME`` — which study, when the storage holds several (an unknown name lists the valid ones).
 * ``--title TEXT`` — the report's title; ``--notes FILE.md`` — hand-written conclusions placed after the
   study summary; ``--metric KEY`` — the quality metric of the plots (default: the first maximised objective).
+* ``--copy-trials`` — copy each trial's small artifacts (``metrics.csv``, ``config.yaml``, ``hparams.yaml``,
+  the last ``val_predictions/epoch_*.png``) to ``DIR/trials/trial_NNNN/``, to commit beside the report;
+  ``rleseg report --study DIR/study.db`` then finds them when the trials' own folders (under ``runs/``)
+  are gone, and the report links them.
 
 The report's first lines give the command that regenerates it. See :mod:`rleseg.report`.
 
@@ -12,8 +16,8 @@ The report's first lines give the command that regenerates it. See :mod:`rleseg.
 >>> parser = argparse.ArgumentParser(); sub = parser.add_subparsers()
 >>> add_parser(sub)
 >>> args = parser.parse_args(["report", "--study", "s.db", "--out", "reports/x"])
->>> args.study, args.name, args.out, args.notes
-('s.db', None, 'reports/x', None)
+>>> args.study, args.name, args.out, args.notes, args.copy_trials
+('s.db', None, 'reports/x', None, False)
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--title", default=None, help="the report's title")
     parser.add_argument("--notes", default=None, metavar="FILE.md", help="Markdown conclusions to include")
     parser.add_argument("--metric", default=None, metavar="KEY", help="quality metric (e.g. val/dice_mean)")
+    parser.add_argument(
+        "--copy-trials",
+        action="store_true",
+        help="copy each trial's metrics.csv, config.yaml, hparams.yaml and last val_predictions/epoch_*.png "
+        "to DIR/trials/trial_NNNN/ (to commit beside the report; later reports read them from there)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -52,12 +62,17 @@ def regenerate_command(args: argparse.Namespace, name: str) -> str:
     >>> ns = argparse.Namespace(study="a.db", out="reports/a/", title="A b", notes=None, metric=None)
     >>> regenerate_command(ns, "a-cpu")
     "rleseg report --study a.db --name a-cpu --out reports/a/ --title 'A b'"
+    >>> ns.copy_trials = True
+    >>> regenerate_command(ns, "a-cpu").endswith("--copy-trials")
+    True
     """
     parts = ["rleseg", "report", "--study", args.study, "--name", name, "--out", args.out]
     for flag in ("title", "notes", "metric"):
         value = getattr(args, flag, None)
         if value:
             parts += [f"--{flag}", value]
+    if getattr(args, "copy_trials", False):
+        parts.append("--copy-trials")
     return shlex.join(parts)
 
 
@@ -81,10 +96,13 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric,
         storage=args.study,
         trial_roots=roots,
+        copy_trials=bool(getattr(args, "copy_trials", False)),
     )
     result = write_report(study, args.out, options)
     print(
         f"wrote {result.markdown} and {result.html} ({len(result.figures)} figures in "
         f"{result.markdown.parent / 'figures'}) from study {study.study_name!r}"
     )
+    if options.copy_trials:
+        print(f"copied the artifacts of {len(result.trials)} trial(s) to {Path(args.out) / 'trials'}")
     return 0

@@ -67,9 +67,12 @@ class VisualEncoder(nn.Module):
         *,
         frames: int = 1,
         fusion: Fusion = "sequential",
+        fine_smooth: bool = False,
+        cross_fine: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.cross_fine = cross_fine
         self.frames = frames
         self.fusion = fusion
         self.d_model = d_model
@@ -91,11 +94,33 @@ class VisualEncoder(nn.Module):
                 raise ModelConfigError("a finer visual memory (memory_stride) is for image models (frames = 1)")
             self.fine_proj = nn.Linear(backbone.fine_channels, d_model)
             self.fine_norm = nn.LayerNorm(d_model)
+        self.fine_smooth = (
+            nn.Sequential(  # depthwise-separable: ~9d + d² multiply-adds per token instead of 9d²
+                nn.Conv2d(d_model, d_model, 3, padding=1, groups=d_model, bias=False),
+                nn.BatchNorm2d(d_model),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(d_model, d_model, 1),
+            )
+            if fine_smooth and self.fine_proj is not None
+            else None
+        )
 
     @property
     def stride(self) -> int:
-        """Reduction of the memory's grid relative to the input (the backbone's, or its fine stride)."""
+        """Reduction of the memory's (last) grid relative to the input (the backbone's, or its fine stride)."""
         return self.backbone.fine_stride or self.backbone.stride
+
+    @property
+    def cross_stride(self) -> int:
+        """Reduction of the grid the decoder's cross-attention reads."""
+        return self.stride if self.cross_fine else self.backbone.stride
+
+    def cross_tokens(self, images: Tensor) -> int | None:
+        """How many leading memory tokens cross-attention reads (None: all of them)."""
+        if self.fine_proj is None or self.cross_fine:
+            return None
+        h, w = images.shape[-2:]
+        return (h // self.backbone.stride) * (w // self.backbone.stride)
 
     def _tokens(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         features = self.backbone(images)  # [N, C, h, w]
@@ -115,7 +140,7 @@ class VisualEncoder(nn.Module):
             x = x + sincos_position_embedding((h, w), self.d_model, device=x.device, dtype=x.dtype)
             for layer in self.layers:
                 x = layer(x)
-            x = self.norm(x)
+            x = coarse = self.norm(x)
             if fine is None or self.fine_proj is None:
                 return x
             fh, fw = fine.shape[-2:]
@@ -123,8 +148,14 @@ class VisualEncoder(nn.Module):
                 x.transpose(1, 2).reshape(x.shape[0], -1, h, w), size=(fh, fw), mode="bilinear", align_corners=False
             )
             x = up.flatten(2).transpose(1, 2) + self.fine_proj(fine.flatten(2).transpose(1, 2))
+            if self.fine_smooth is not None:  # spatial context and a non-linearity on the fused map
+                x = x + self.fine_smooth(x.transpose(1, 2).reshape(x.shape[0], -1, fh, fw)).flatten(2).transpose(1, 2)
             pos = sincos_position_embedding((fh, fw), self.d_model, device=x.device, dtype=x.dtype)
-            return self.fine_norm(x + pos)
+            fine_tokens = self.fine_norm(x + pos)
+            if self.cross_fine:
+                return fine_tokens
+            # coarse tokens first (what cross-attention reads), then the fine grid (anchors, aux head)
+            return torch.cat([coarse, fine_tokens], dim=1)
 
         b, t = images.shape[:2]
         x, (h, w) = self._tokens(images.flatten(0, 1))  # [B·T, S, d]
@@ -179,6 +210,8 @@ class TokenDecoder(nn.Module):
         self.anchor_proj = nn.Linear(d_model, d_model) if anchor else None
         self.anchor_lo = -1
         self.register_buffer("anchor_index", torch.zeros(0, dtype=torch.long), persistent=False)
+        # cross-attention reads the first `cross_tokens` memory tokens (None: all); Pix2Seq.encode sets it
+        self.cross_tokens: int | None = None
 
     @property
     def anchored(self) -> bool:
@@ -240,16 +273,21 @@ class TokenDecoder(nn.Module):
         if self.anchored:
             x = x + self._anchor_inputs(tokens, memory)
         x = self.dropout(x)
+        context = self._context(memory)
         for layer in self.layers:
-            x = layer(x, memory)
+            x = layer(x, context)
         return self._logits(x)
+
+    def _context(self, memory: Tensor) -> Tensor:
+        return memory if self.cross_tokens is None else memory[:, : self.cross_tokens]
 
     def cross_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Every layer's cross-attention keys/values of ``memory``: computed once per image.
 
         Anchored, one more pair follows the layers' (the projected memory the anchors are read from, and
         the current anchor of each row, which :meth:`step` updates)."""
-        cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
+        context = self._context(memory)
+        cross = [layer.cross_attn.project_kv(context) for layer in self.layers]
         if self.anchored:
             cross.append((self.anchor_proj(memory), memory.new_zeros(memory.shape[0], memory.shape[-1])))
         return cross
@@ -292,6 +330,13 @@ class Pix2Seq(nn.Module):
             ``feature_stride``; its output is upsampled to the ``memory_stride`` grid and added to a
             projection of the backbone's map at that reduction (images only). The memory then matches a
             finer token grid (64×64 input, s = 4: 16×16) at the cost of cross-attention over 4× the tokens.
+        fine_smooth: with a finer ``memory_stride``, add to the fused map a depthwise 3×3 convolution +
+            BatchNorm + ReLU + 1×1 convolution of it (like an FPN head's smoothing step: spatial context and
+            a non-linearity at the fine grid, ~d² + 9d multiply-adds per memory token).
+        cross_memory: with a finer ``memory_stride``: ``"fine"`` — cross-attention reads the fine grid;
+            ``"coarse"`` — it reads the encoder's ``feature_stride`` tokens (4× fewer keys and values to
+            project: most of the fine memory's cost), and the fine grid only feeds the anchors and the
+            training-only dense head. The memory is then both, coarse tokens first.
         anchor: add to each decoder input the (projected) visual token under the cell of the latest run
             start, so the query that writes a run's length and class sees its place (see
             :meth:`TokenDecoder.configure_anchor`; the tokenizer's start field must be set there).
@@ -374,8 +419,12 @@ class Pix2Seq(nn.Module):
         fusion: Fusion = "sequential",
         backbone_kwargs: dict[str, Any] | None = None,
         anchor: bool = False,
+        fine_smooth: bool = False,
+        cross_memory: str = "fine",
     ) -> None:
         super().__init__()
+        if cross_memory not in ("fine", "coarse"):
+            raise ModelConfigError(f"cross_memory must be 'fine' or 'coarse'; got {cross_memory!r}")
         if vocab_size < 2:
             raise ModelConfigError(f"vocab_size must be >= 2 (PAD and EOS); got {vocab_size}")
         if max_seq_len < 2:
@@ -406,7 +455,16 @@ class Pix2Seq(nn.Module):
             **(backbone_kwargs or {}),
         )
         self.encoder = VisualEncoder(
-            bb, d_model, encoder_layers, num_heads, mlp_dim, dropout, frames=frames, fusion=fusion
+            bb,
+            d_model,
+            encoder_layers,
+            num_heads,
+            mlp_dim,
+            dropout,
+            frames=frames,
+            fusion=fusion,
+            fine_smooth=fine_smooth,
+            cross_fine=cross_memory == "fine",
         )
         self.decoder = TokenDecoder(
             vocab_size, max_seq_len, d_model, decoder_layers, num_heads, mlp_dim, dropout, anchor=anchor
@@ -456,8 +514,13 @@ class Pix2Seq(nn.Module):
         return images
 
     def encode(self, images: Tensor) -> Tensor:
-        """Visual tokens ``[B, S, d]`` of images ``[B, C, H, W]`` or clips ``[B, T, C, H, W]``."""
-        return self.encoder(self._check_images(images))
+        """Visual tokens ``[B, S, d]`` of images ``[B, C, H, W]`` or clips ``[B, T, C, H, W]``.
+
+        With ``cross_memory="coarse"`` the decoder is told here how many of them cross-attention reads.
+        """
+        images = self._check_images(images)
+        self.decoder.cross_tokens = self.encoder.cross_tokens(images)
+        return self.encoder(images)
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         """Teacher-forced logits ``[B, L, vocab_size]`` of ``tokens`` ``[B, L]``.
