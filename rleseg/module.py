@@ -756,6 +756,10 @@ class DenseSegModule(SegModuleBase):
         # plus decoding): the decode-time axis of the sweep reports
         self.val_decode_time = WeightedMean()
         self.test_decode_time = WeightedMean()
+        # the dense prediction written at the token grid (subsampled as the tokenizer does, upsampled back):
+        # the Dice a token model as good as this dense one per cell would score
+        self.val_grid_metrics = SegmentationMetrics(self.num_classes)
+        self.test_grid_metrics = SegmentationMetrics(self.num_classes)
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.info.task == "static_video":
@@ -793,6 +797,13 @@ class DenseSegModule(SegModuleBase):
             torch.tensor((time.perf_counter() - start) / images), images
         )
         self._score(batch, batch_idx, stage, out)
+        token_mask = batch.get("token_mask")
+        if token_mask is not None and token_mask.ndim == mask.ndim:
+            s = mask.shape[-1] // token_mask.shape[-1]
+            if s > 1 and tuple(token_mask.shape[-2:]) == (mask.shape[-2] // s, mask.shape[-1] // s):
+                cells = out["mask"][..., s // 2 :: s, s // 2 :: s]  # the tokenizers' nearest subsampling
+                grid = cells.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1)
+                getattr(self, f"{stage}_grid_metrics").update(grid, mask)
 
     def _log_metrics(self, stage: str) -> None:
         super()._log_metrics(stage)
@@ -800,6 +811,10 @@ class DenseSegModule(SegModuleBase):
         if decode_time.update_called:
             self.log(f"{stage}/decode_seconds_per_image", decode_time.compute())
             decode_time.reset()
+        grid = getattr(self, f"{stage}_grid_metrics")
+        if grid.update_called:
+            self.log(f"{stage}/token_grid_dice_mean", grid.compute()["mean_dice"])
+            grid.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = self.predict_masks(batch)
