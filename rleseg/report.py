@@ -1685,7 +1685,7 @@ def _variants(data: _Data) -> tuple[list[_Variant], list[str]]:
     superseded = set(data.frame.loc[data.frame["superseded"].astype(bool), "number"].astype(int))
     groups: dict[tuple[Any, ...], list[_Run]] = {}
     labels: dict[tuple[Any, ...], str] = {}
-    skipped: list[str] = []
+    skipped: dict[str, list[int]] = {}  # why -> trials
     for number in sorted(data.trials):
         t = data.trials[number]
         if number in superseded or number not in data.trial_dirs:
@@ -1693,7 +1693,7 @@ def _variants(data: _Data) -> tuple[list[_Variant], list[str]]:
         val = _trial_log(data, number)
         if isinstance(val, str):
             if t.state.name in ("COMPLETE", "RUNNING") or data.trial_dirs.get(number) is not None:
-                skipped.append(f"#{number}: {val}")
+                skipped.setdefault(val, []).append(number)
             continue
         key = tuple(_choice_rank(data, p, t.params.get(p)) for p in others)
         seed = next((t.params[p] for p in seeds if p in t.params), None)
@@ -1706,7 +1706,8 @@ def _variants(data: _Data) -> tuple[list[_Variant], list[str]]:
         paths = {_class_path(data, r.number) for r in runs} - {None}
         variant = _Variant(labels[key], runs, paths.pop() if len(paths) == 1 else None, cmap(i % cmap.N))
         variants.append(variant)
-    return variants, skipped
+    notes = [f"{why}: {', '.join(f'#{n}' for n in numbers)}" for why, numbers in skipped.items()]
+    return variants, notes
 
 
 def _seed_styles(variants: Sequence[_Variant]) -> dict[str, tuple[Any, str]]:
@@ -1829,7 +1830,14 @@ def _section_learning_curves(
     doc.section("Learning curves of every trial", "learning-curves")
     if not variants:
         why = f" ({'; '.join(skipped)})" if skipped else ""
-        doc.add(_Para(f"No trial has a validation log with `{DICE}` yet: no learning curves{why}.", "note"))
+        text = f"No trial's validation log with `{DICE}` was found: no learning curves{why}."
+        if any(s.startswith("no trial folder") for s in skipped):
+            text += (
+                " Trial folders are looked up where the sweep wrote them, then in `trial_NNNN/` or "
+                "`trials/trial_NNNN/` beside the study file; `rleseg report --copy-trials` copies their "
+                "logs beside the report."
+            )
+        doc.add(_Para(text, "note"))
         return
     doc.figure(_fig_learning_curves(variants, doc.fig_dir / "learning_curves.png"))
     runs = [r for v in variants for r in v.runs]
@@ -1849,6 +1857,19 @@ def _section_learning_curves(
         )
     doc.add(_Para(text))
     doc.add(_learning_table(data, variants))
+    uneven = [
+        f"{v.label} ({', '.join(_fmt(r.val['step'].max(), 0, whole=True) for r in v.runs)})"
+        for v in variants
+        if len({float(r.val["step"].max()) for r in v.runs}) > 1
+    ]
+    if uneven:
+        doc.add(
+            _Para(
+                "The seeds of these variants ended at different steps, so their mean compares unequal "
+                f"training: {'; '.join(uneven)}.",
+                "warn",
+            )
+        )
     unfinished = [f"#{r.number} ({r.state.lower()})" for r in runs if r.state != "COMPLETE"]
     if unfinished:
         doc.add(
@@ -1883,7 +1904,7 @@ DIAG_COLUMNS = {
 DIAG_LEGEND = (
     "Token diagnostics of the last validation (`val/diag/*`, mean over the seeds). *probe Dice*: "
     "label-resolution Dice of the linear class head trained (training only) on the visual memory — what "
-    "the visual features alone give. *TF acc <field>*: teacher-forced accuracy of the argmax on the "
+    "the visual features alone give. *TF acc …*: teacher-forced accuracy of the argmax on the "
     "target tokens of that grammar field (the decoder reads the ground-truth prefix; *TF acc* all fields, "
     "*start* run starts, *lac* the packed class+length tokens, *lac class* / *lac length* their class and "
     "length parts alone). *TF Dice*: token-resolution Dice of the teacher-forced argmax sequence. "

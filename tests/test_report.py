@@ -56,6 +56,7 @@ FIGURES = {
     "best_per_class.png",
     "best_training_curves.png",
     "best_predictions.png",
+    "learning_curves.png",
     "optimization_history.png",
     "param_importances.png",
 }
@@ -66,6 +67,8 @@ SECTIONS = {
     "sequence-length": "## Sequence length per encoding and resolution",
     "quality-vs-size": "## Quality vs vocabulary size and tokens per mask",
     "pareto": "## Pareto fronts under the memory budgets",
+    "learning-curves": "## Learning curves of every trial",
+    "token-diagnostics": "## Token diagnostics",
     "best": "## The best trial",
     "history": "## Optimisation history and parameter importances",
     "failed": "## Failed trials",
@@ -380,6 +383,299 @@ def test_rewriting_removes_stale_figures(tmp_path: Path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="empty")
     write_report(study, out)
     assert not (out / "figures" / "pareto_999mib.png").exists() and (out / "figures" / "mine.png").exists()
+
+
+# ------------------------------------------------------------ learning curves, diagnostics, copies
+MODELS = {
+    "dense_c32": "rleseg.module.DenseSegModule",
+    "token_d64": "rleseg.module.RLESegModule",
+    "token_d128": "rleseg.module.RLESegModule",
+}
+SEED_DIST = {
+    "model": CategoricalDistribution(list(MODELS)),
+    "seed_everything": CategoricalDistribution([0, 1]),
+}
+#: (model, seed, val/dice_mean at steps 9, 19, 29) of trials 0..4: the dense baseline and token_d64 with
+#: two seeds each, token_d128 with one.
+SEEDED = [
+    ("dense_c32", 0, (0.3, 0.5, 0.6)),
+    ("token_d64", 0, (0.1, 0.3, 0.4)),
+    ("dense_c32", 1, (0.2, 0.72, 0.7)),
+    ("token_d64", 1, (0.1, 0.35, 0.5)),
+    ("token_d128", 0, (0.2, 0.4, 0.55)),
+]
+DIAG_KEYS = (
+    "probe_dice_mean",
+    "tf_acc",
+    "tf_acc_start",
+    "tf_acc_lac",
+    "tf_acc_lac_class",
+    "tf_acc_lac_length",
+    "tf_acc_eos",
+    "tf_dice_mean",
+    "dice_classaware",
+    "dice_agnostic",
+    "exposure_gap",
+    "runs_missed",
+    "runs_misplaced",
+    "runs_spurious",
+    "obj_class_ok",
+    "obj_err_first_run",
+    "obj_err_drift",
+)
+
+
+def _diag_value(key: str, validation: int, seed: int) -> float:
+    """A distinct value per key, validation (0..2) and seed: ``0.1·k/…`` keeps every one in [0, 1]."""
+    k = DIAG_KEYS.index(key)
+    return round(0.02 * k + 0.1 * validation + 0.01 * seed, 4)
+
+
+def _seeded_trial_dir(root: Path, number: int, model: str, seed: int, dice, elapsed: bool) -> Path:
+    """A trained trial's folder as the sweep leaves it: ``config.yaml``, ``logs/metrics.csv``,
+    ``logs/hparams.yaml``, two prediction grids; token models log ``val/diag/*``."""
+    tdir = root / "runs" / f"trial_{number:04d}"
+    logs = tdir / "logs"
+    logs.mkdir(parents=True)
+    (tdir / "config.yaml").write_text(f"seed_everything: {seed}\nmodel:\n  class_path: {MODELS[model]}\n")
+    (logs / "hparams.yaml").write_text(f"lr: 0.002\nseed: {seed}\n")
+    diag = model.startswith("token")
+    head = ["epoch", "step", "train/loss", "val/dice_mean"]
+    head += ["val/elapsed_seconds"] if elapsed else []
+    head += [f"val/diag/{k}" for k in DIAG_KEYS] if diag else []
+    lines = [",".join(head)]
+    for v, d in enumerate(dice):
+        lines.append(f"{v},{10 * v + 4},{3.0 - v}" + "," * (len(head) - 3))  # a training row
+        row = [str(v), str(10 * v + 9), "", str(d)]
+        row += [str(3.0 * (v + 1) + seed)] if elapsed else []
+        row += [str(_diag_value(k, v, seed)) for k in DIAG_KEYS] if diag else []
+        lines.append(",".join(row))
+    (logs / "metrics.csv").write_text("\n".join(lines) + "\n")
+    _png(logs / "val_predictions" / "epoch_000.png", seed=number)
+    _png(logs / "val_predictions" / "epoch_002.png", seed=50 + number)
+    return tdir
+
+
+def make_seeded_study(root: Path, elapsed: bool = True, logs: bool = True) -> optuna.Study:
+    """Trials 0..4 of :data:`SEEDED` (complete) and a failed trial 5 without a folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name="seeded-cpu", storage=f"sqlite:///{root / 'study.db'}", direction="maximize"
+    )
+    study.set_user_attr(
+        "sweep", {**SWEEP, "params": {"model": "model", "seed_everything": "seed_everything"}}
+    )
+    for number, (model, seed, dice) in enumerate(SEEDED):
+        if logs:
+            _seeded_trial_dir(root, number, model, seed, dice, elapsed)
+        config = root / "runs" / f"trial_{number:04d}" / "config.yaml"
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                value=dice[-1],
+                params={"model": model, "seed_everything": seed},
+                distributions=SEED_DIST,
+                user_attrs={"config_path": str(config), "val/dice_mean": dice[-1]},
+            )
+        )
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL,
+            params={"model": "token_d128", "seed_everything": 1},
+            distributions=SEED_DIST,
+            user_attrs={"error": "RuntimeError: out of memory"},
+        )
+    )
+    return study
+
+
+def _section(md: str, heading: str) -> str:
+    return md.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _md_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first pipe table in ``text`` as ``{header: cell}``."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    head, _, *body = split
+    return [dict(zip(head, row, strict=True)) for row in body]
+
+
+def test_learning_curves_group_seeds_into_variants(tmp_path: Path):
+    study = make_seeded_study(tmp_path / "sweep")
+    result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
+    md = result.markdown.read_text()
+    assert "learning-curves" in result.sections and "token-diagnostics" in result.sections
+    section = _section(md, "Learning curves of every trial")
+    assert "![learning curves](figures/learning_curves.png)" in section
+    assert "against the optimizer step (left) and the wall-clock seconds" in section
+    rows = {r["variant"]: r for r in _md_rows(section)}
+    # Seeds 0 and 1 of one model are one variant; the variants follow the search space's order.
+    assert list(rows) == ["model=dense_c32", "model=token_d64", "model=token_d128"]
+    dense, small, large = rows.values()
+    assert (dense["trials"], dense["seeds"], small["trials"], large["seeds"]) == (
+        "#0, #2",
+        "2",
+        "#1, #3",
+        "1",
+    )
+    assert dense["final Dice per seed"] == "seed 0: 0.600, seed 1: 0.700"
+    assert large["final Dice per seed"] == "0.550"
+    assert [r["final Dice (mean)"] for r in rows.values()] == ["0.650", "0.450", "0.550"]
+    assert [r["best Dice (mean)"] for r in rows.values()] == ["0.660", "0.450", "0.550"]
+    assert [r["steps"] for r in rows.values()] == ["29", "29", "29"]
+    assert [r["wall-clock s (mean)"] for r in rows.values()] == ["9.5", "9.5", "9.0"]
+    # The only DenseSegModule variant is the reference.
+    assert [r["vs dense"] for r in rows.values()] == ["reference", "-0.200", "-0.100"]
+    assert "(model=dense_c32, model `DenseSegModule`)" in section
+    assert "Not complete" not in section and "#5" not in section  # the failed trial has no folder
+    width, _ = _png_size(tmp_path / "out" / "figures" / "learning_curves.png")
+    assert width > 1200  # two panels and the legend
+
+
+def test_learning_curves_without_elapsed_or_a_unique_dense_variant(tmp_path: Path):
+    study = make_seeded_study(tmp_path / "sweep", elapsed=False)
+    # A second DenseSegModule variant: no single reference, so no "vs dense" column.
+    config = tmp_path / "sweep" / "runs" / "trial_0004" / "config.yaml"
+    config.write_text(config.read_text().replace("RLESegModule", "DenseSegModule"))
+    # Seed 1 of token_d64 stopped one validation early.
+    csv = tmp_path / "sweep" / "runs" / "trial_0003" / "logs" / "metrics.csv"
+    csv.write_text("\n".join(csv.read_text().splitlines()[:-1]) + "\n")
+    result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
+    section = _section(result.markdown.read_text(), "Learning curves of every trial")
+    assert "No trial logged `val/elapsed_seconds`: only the step panel is drawn." in section
+    rows = _md_rows(section)
+    assert len(rows) == 3 and "wall-clock s (mean)" not in rows[0] and "vs dense" not in rows[0]
+    assert rows[0]["final Dice (mean)"] == "0.650"
+    assert (rows[1]["final Dice per seed"], rows[1]["final Dice (mean)"], rows[1]["steps"]) == (
+        "seed 0: 0.400, seed 1: 0.350",
+        "0.375",
+        "24",
+    )
+    assert "ended at different steps, so their mean compares unequal training: model=token_d64 (29, 19)." in (
+        section
+    )
+    width, _ = _png_size(tmp_path / "out" / "figures" / "learning_curves.png")
+    assert 500 < width < 1200  # one panel
+
+
+def test_token_diagnostics_table_is_the_last_validation_averaged_over_seeds(tmp_path: Path):
+    study = make_seeded_study(tmp_path / "sweep")
+    result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
+    md = result.markdown.read_text()
+    section = _section(md, "Token diagnostics")
+    assert "*exposure gap* = TF Dice − Dice class-aware" in section and "*probe Dice*" in section
+    rows = {r["variant"]: r for r in _md_rows(section)}
+    assert list(rows) == ["model=token_d64", "model=token_d128"]  # the dense baseline has none
+    small = rows["model=token_d64"]
+    assert (small["trials"], small["seeds"], small["step"]) == ("#1, #3", "2", "29")
+    # Mean over seeds 0 and 1 of the last validation (v = 2): 0.02·k + 0.2 + 0.005.
+    for key, header in (("probe_dice_mean", "probe Dice"), ("obj_err_drift", "obj. err drift")):
+        assert small[header] == f"{0.02 * DIAG_KEYS.index(key) + 0.205:.3f}"
+    assert rows["model=token_d128"]["TF acc lac class"] == f"{0.02 * 4 + 0.2:.3f}"
+    headers = list(small)
+    assert headers[4:11] == [
+        "probe Dice",
+        "TF acc",
+        "TF acc start",
+        "TF acc lac",
+        "TF acc lac class",
+        "TF acc lac length",
+        "TF acc eos",  # a field the report does not name: after the named ones
+    ]
+    assert {"exposure gap", "Dice class-aware", "runs spurious", "obj. err 1st run"} <= set(headers)
+    assert "Trials without diagnostics (the dense baseline, or diagnostics off): #0, #2." in section
+    assert "![token diagnostics](figures/token_diagnostics.png)" in section
+    assert "token_diagnostics.png" in {p.name for p in result.figures}
+
+
+def test_sections_without_logs_degrade_to_sentences(tmp_path: Path):
+    study = make_seeded_study(tmp_path / "sweep", logs=False)
+    result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
+    md = result.markdown.read_text()
+    assert (
+        "No trial's validation log with `val/dice_mean` was found: no learning curves (no trial folder: "
+        "#0, #1, #2, #3, #4)." in md
+    )
+    assert "`rleseg report --copy-trials` copies their logs beside the report" in md
+    assert "No trial's `metrics.csv` holds token diagnostics" in md
+    names = {p.name for p in result.figures}
+    assert "learning_curves.png" not in names and "token_diagnostics.png" not in names
+    # A log without val/dice_mean, and an unreadable one, are sentences too.
+    tdir = tmp_path / "sweep" / "runs" / "trial_0000"
+    tdir.mkdir(parents=True)
+    (tdir / "metrics.csv").write_text("epoch,step,train/loss\n0,4,3.0\n")
+    (tdir.parent / "trial_0001").mkdir()
+    (tdir.parent / "trial_0001" / "metrics.csv").write_bytes(b"\xff\xfe\x00bad")
+    md = write_report(study, tmp_path / "out2", ReportOptions()).markdown.read_text()
+    assert (
+        "(no `val/dice_mean` in `" in md and "metrics.csv`: #0; `" in md and "(UnicodeDecodeError): #1;" in md
+    )
+    assert "no trial folder: #2, #3, #4)" in md
+
+
+def test_copy_trials_then_regenerate_from_the_copies(tmp_path: Path, capsys: pytest.CaptureFixture):
+    import shutil
+
+    make_seeded_study(tmp_path / "sweep")
+    out = tmp_path / "reports" / "seeded"
+    argv = ["report", "--study", str(tmp_path / "sweep" / "study.db"), "--out", str(out)]
+    assert main([*argv, "--copy-trials"]) == 0
+    assert "copied the artifacts of 5 trial(s)" in capsys.readouterr().out
+    runs = tmp_path / "sweep" / "runs"
+    for n in range(5):
+        copy, src = out / "trials" / f"trial_{n:04d}", runs / f"trial_{n:04d}"
+        assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == [
+            "config.yaml",
+            "hparams.yaml",
+            "metrics.csv",
+            "val_predictions/epoch_002.png",  # the last grid only
+        ]
+        assert (copy / "metrics.csv").read_bytes() == (src / "logs" / "metrics.csv").read_bytes()
+    assert not (out / "trials" / "trial_0005").exists()  # the failed trial has no folder
+    md = (out / "report.md").read_text()
+    assert next(line for line in md.splitlines() if line.startswith("rleseg report")).endswith(
+        "--copy-trials"
+    )
+    assert "its files are in [trials/trial_0002/](trials/trial_0002/)" in md  # the best trial
+    assert "| model=dense_c32 | [#0](trials/trial_0000/), [#2](trials/trial_0002/) |" in md
+    first = _md_rows(_section(md, "Learning curves of every trial"))
+
+    # The trials' own folders are gone (runs/ is not committed); the study is committed beside the report.
+    shutil.rmtree(runs)
+    shutil.copyfile(tmp_path / "sweep" / "study.db", out / "study.db")
+    assert main(["report", "--study", str(out / "study.db"), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert _md_rows(_section(md, "Learning curves of every trial")) == first
+    assert len(_md_rows(_section(md, "Token diagnostics"))) == 2
+    assert "its files are in [trials/trial_0002/](trials/trial_0002/)" in md
+    assert (out / "figures" / "best_predictions.png").read_bytes() == (
+        out / "trials" / "trial_0002" / "val_predictions" / "epoch_002.png"
+    ).read_bytes()
+
+    # Elsewhere: the fallback finds trials/trial_NNNN/ beside the study file (no links from another folder).
+    committed = tmp_path / "committed"
+    shutil.copytree(out, committed)
+    result = write_report(
+        load_study(str(committed / "study.db")),
+        tmp_path / "other",
+        ReportOptions(trial_roots=[committed]),
+    )
+    md = result.markdown.read_text()
+    assert _md_rows(_section(md, "Learning curves of every trial"))[0]["trials"] == "#0, #2"
+    assert _md_rows(_section(md, "Learning curves of every trial"))[0]["final Dice (mean)"] == "0.650"
+    assert "best_training_curves.png" in {p.name for p in result.figures}
+
+
+def test_find_trial_dir_falls_back_to_committed_copies(tmp_path: Path):
+    from rleseg.report import _find_trial_dir
+
+    (tmp_path / "trials" / "trial_0007").mkdir(parents=True)
+    gone = "/nowhere/runs/sweeps/x/cpu/trial_0007/config.yaml"
+    assert _find_trial_dir(7, gone, [tmp_path]) == tmp_path / "trials" / "trial_0007"
+    (tmp_path / "trial_0007").mkdir()  # a folder beside the study is still preferred
+    assert _find_trial_dir(7, gone, [tmp_path]) == tmp_path / "trial_0007"
+    assert _find_trial_dir(8, None, [tmp_path]) is None
 
 
 # ------------------------------------------------------------------------------------- the command
