@@ -645,7 +645,9 @@ class RLESegModule(SegModuleBase):
             tokens, truncated = batch["patch_tokens"].flatten(0, 1), batch["patch_truncated"].flatten()
         else:
             images, tokens, truncated = batch["image"], batch["tokens"], batch["truncated"]
-        loss, _, logits, target, memory = self._teacher_forced({"image": images, "tokens": tokens}, dense=False)
+        loss, _, logits, target, memory = self._teacher_forced(
+            {"image": images, "tokens": tokens}, dense=False
+        )
         self._log_loss(stage, loss, self.token_weight[tokens[:, 1:]].sum())
         diag = getattr(self, f"{stage}_diag", None)
         if diag is not None and self.aux_head is not None and "patch_tokens" not in batch:

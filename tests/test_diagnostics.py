@@ -381,3 +381,63 @@ def test_module_without_diagnostics() -> None:
     assert module.val_diag is None
     assert "val/loss" in logged or "val/token_dice_mean" in logged
     assert not any(k.startswith("val/diag/") for k in logged)
+
+
+def test_module_with_fine_memory_anchors_and_probe() -> None:
+    """memory_stride 4 + anchor + coarse cross-attention: anchors index the fine grid after the coarse
+    tokens, the aux head reads the fine grid, and the probe Dice is logged beside the diagnostics."""
+    from rleseg.module import DataInfo, RLESegModule
+
+    tok = create_tokenizer("lac", num_classes=3, shape=(32, 32), subsample=2, max_seq_len=48)
+    info = DataInfo(
+        task="image", num_classes=3, vocab_size=tok.vocab_size, max_seq_len=48, input_size=(32, 32)
+    )
+    module = RLESegModule(
+        data_info=info, backbone="resnet10t", feature_stride=8, d_model=32, encoder_layers=1,
+        decoder_layers=1, num_heads=2, mlp_dim=64, memory_stride=4, anchor=True, cross_memory="coarse",
+        fine_smooth=True, aux_dense_weight=1.0,
+    )  # fmt: skip
+    module.attach_tokenizer(tok)
+    module._configure_anchor(tok)
+    start = next(r for r in tok.vocab.ranges if r.name == "start")
+    index = module.model.decoder.anchor_index
+    assert module.model.decoder.anchor_lo == start.lo and len(index) == 16 * 16
+    # cell (r, c) of the 16x16 token mask lies over fine token (r // 2, c // 2) of the 8x8 grid, which
+    # follows the 4x4 coarse tokens cross-attention reads
+    assert index.reshape(16, 16)[5, 9].item() == 16 + (5 // 2) * 8 + 9 // 2
+    assert module.model.encoder.cross_stride == 8 and module.model.encoder.stride == 4
+    _, batch, _ = tiny_module(diagnostics=True)
+    memory = module.model.encode(batch["image"])
+    assert memory.shape == (2, 16 + 64, 32) and module.model.decoder.cross_tokens == 16
+    assert module._aux_logits(memory, (32, 32)).shape == (2, 3, 32, 32)
+    logged: dict[str, object] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)  # type: ignore[method-assign]
+    module.eval()
+    with torch.no_grad():
+        module._eval_step(batch, 0, "val")
+    module._log_metrics("val")
+    assert 0.0 <= float(logged["val/diag/probe_dice_mean"]) <= 1.0
+    assert "val/diag/tf_acc_lac_class" in logged
+
+
+def test_dense_module_scores_its_prediction_at_the_token_grid() -> None:
+    """A dense model that predicts the labels exactly keeps, at the token grid, the encoding's ceiling."""
+    from rleseg.metrics import SegmentationMetrics
+    from rleseg.module import DataInfo, DenseSegModule
+    from rleseg.tokenizers.runs import upsample
+
+    info = DataInfo(task="image", num_classes=3, vocab_size=10, max_seq_len=48, input_size=(32, 32))
+    module = DenseSegModule(data_info=info, backbone="resnet10t", feature_stride=8, decoder_channels=8)
+    _, batch, _ = tiny_module(diagnostics=False)
+    batch["mask"][0, 5, 3] = 2  # a one-pixel speck the token grid cannot keep
+    module.predict_masks = lambda b: {"mask": b["mask"].clone(), "token_mask": None}  # type: ignore[method-assign]
+    logged: dict[str, object] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value)  # type: ignore[method-assign]
+    module._eval_step(batch, 0, "val")
+    module._log_metrics("val")
+    ceiling = SegmentationMetrics(3)
+    cells = batch["mask"][..., 1::2, 1::2].numpy()
+    ceiling.update(torch.from_numpy(upsample(cells, (32, 32))), batch["mask"])
+    assert float(logged["val/dice_mean"]) == pytest.approx(1.0)
+    expected = float(ceiling.compute()["mean_dice"])
+    assert expected < 1.0 and float(logged["val/token_grid_dice_mean"]) == pytest.approx(expected)

@@ -374,12 +374,16 @@ def test_anchored_fine_memory_model_steps_equal_the_teacher_forced_pass():
     memory = model.encode(x)
     assert memory.shape == (3, 8 * 8, 32)  # 32x32 input: the stride-4 grid, not the stride-8 one
     model.decoder.configure_anchor(10, torch.randperm(64))  # starts are tokens 10..73
-    tokens = torch.tensor([[2, 3, 12, 40, 15, 15, 50, 1], [2, 11, 5, 5, 5, 30, 33, 1], [2, 5, 6, 7, 8, 9, 4, 1]])
+    tokens = torch.tensor(
+        [[2, 3, 12, 40, 15, 15, 50, 1], [2, 11, 5, 5, 5, 30, 33, 1], [2, 5, 6, 7, 8, 9, 4, 1]]
+    )
     with torch.no_grad():
         full = model.decoder(tokens, memory)
         cross = model.decoder.cross_kv(memory)
         cache = KVCache.allocate(2, 3, 4, tokens.shape[1], 8)
-        steps = torch.stack([model.decoder.step(tokens[:, p], p, cache, cross) for p in range(tokens.shape[1])], 1)
+        steps = torch.stack(
+            [model.decoder.step(tokens[:, p], p, cache, cross) for p in range(tokens.shape[1])], 1
+        )
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
     # the anchor changes what follows a start and nothing before it
     with torch.no_grad():

@@ -173,6 +173,39 @@ def test_named_choices_set_several_keys_together():
         )
     with pytest.raises(SweepError, match=r"two knobs are named \['tokenizer'\]"):
         make_spec(search_space={"data.init_args": {"name": "tokenizer", "choices": variants}, **SPACE})
+
+
+def test_the_root_knob_sets_model_and_data_keys_together():
+    variants = {
+        "dense": {
+            "model.class_path": "rleseg.module.DenseSegModule",
+            "model.init_args": {"feature_stride": 8},
+        },
+        "fine": {"model.init_args.memory_stride": 4, "data.init_args.tokenizer_args.subsample": 2},
+    }
+    spec = make_spec(search_space={".": {"name": "variant", "choices": variants}})
+    assert spec.param("variant").config_keys() == [
+        "model.class_path",
+        "model.init_args",
+        "model.init_args.memory_stride",
+        "data.init_args.tokenizer_args.subsample",
+    ]
+    base = {
+        "model": {"class_path": "rleseg.module.RLESegModule", "init_args": {"d_model": 64}},
+        "data": {"init_args": {"tokenizer_args": {"subsample": 4}}},
+    }
+    fine = spec.trial_config({"variant": "fine"}, base=base)
+    assert fine["model"] == {
+        "class_path": "rleseg.module.RLESegModule",
+        "init_args": {"d_model": 64, "memory_stride": 4},
+    }
+    assert fine["data"]["init_args"]["tokenizer_args"] == {"subsample": 2}
+    dense = spec.trial_config({"variant": "dense"}, base=base)
+    assert dense["model"] == {
+        "class_path": "rleseg.module.DenseSegModule",
+        "init_args": {"feature_stride": 8},
+    }
+    assert base["model"]["init_args"] == {"d_model": 64}  # the base is not modified
     with pytest.raises(SweepError, match="unknown config key 'data.init_args.statik'"):
         check_keys(make_spec(search_space={"data.init_args": {"choices": {"a": {"statik": True}}}}), FULL)
 

@@ -91,7 +91,9 @@ class VisualEncoder(nn.Module):
         self.fine_proj: nn.Linear | None = None
         if backbone.fine_stride is not None:
             if frames > 1:
-                raise ModelConfigError("a finer visual memory (memory_stride) is for image models (frames = 1)")
+                raise ModelConfigError(
+                    "a finer visual memory (memory_stride) is for image models (frames = 1)"
+                )
             self.fine_proj = nn.Linear(backbone.fine_channels, d_model)
             self.fine_norm = nn.LayerNorm(d_model)
         self.fine_smooth = (
@@ -107,7 +109,7 @@ class VisualEncoder(nn.Module):
 
     @property
     def stride(self) -> int:
-        """Reduction of the memory's (last) grid relative to the input (the backbone's, or its fine stride)."""
+        """Reduction of the memory's (last) grid relative to the input (backbone stride or fine stride)."""
         return self.backbone.fine_stride or self.backbone.stride
 
     @property
@@ -145,11 +147,16 @@ class VisualEncoder(nn.Module):
                 return x
             fh, fw = fine.shape[-2:]
             up = F.interpolate(
-                x.transpose(1, 2).reshape(x.shape[0], -1, h, w), size=(fh, fw), mode="bilinear", align_corners=False
+                x.transpose(1, 2).reshape(x.shape[0], -1, h, w),
+                size=(fh, fw),
+                mode="bilinear",
+                align_corners=False,
             )
             x = up.flatten(2).transpose(1, 2) + self.fine_proj(fine.flatten(2).transpose(1, 2))
             if self.fine_smooth is not None:  # spatial context and a non-linearity on the fused map
-                x = x + self.fine_smooth(x.transpose(1, 2).reshape(x.shape[0], -1, fh, fw)).flatten(2).transpose(1, 2)
+                x = x + self.fine_smooth(x.transpose(1, 2).reshape(x.shape[0], -1, fh, fw)).flatten(
+                    2
+                ).transpose(1, 2)
             pos = sincos_position_embedding((fh, fw), self.d_model, device=x.device, dtype=x.dtype)
             fine_tokens = self.fine_norm(x + pos)
             if self.cross_fine:
@@ -230,7 +237,9 @@ class TokenDecoder(nn.Module):
         if self.anchor_proj is None:
             raise ValueError("this decoder was built without anchor=True")
         if lo < 0 or lo + len(memory_index) > self.vocab_size:
-            raise ValueError(f"tokens {lo}..{lo + len(memory_index)} exceed the vocabulary ({self.vocab_size})")
+            raise ValueError(
+                f"tokens {lo}..{lo + len(memory_index)} exceed the vocabulary ({self.vocab_size})"
+            )
         self.anchor_lo = int(lo)
         self.anchor_index = memory_index.to(device=self.embed.weight.device, dtype=torch.long)
 
