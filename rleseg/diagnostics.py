@@ -35,6 +35,7 @@ from torchmetrics import Metric
 
 from rleseg.metrics import MetricInputError, per_image_scores
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer, VocabLayout
+from rleseg.tokenizers.runs import find_runs
 
 __all__ = ["GEN_COUNTS", "TokenDiagnostics", "object_class_errors", "row_run_errors"]
 
@@ -65,10 +66,10 @@ def _row_runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     each run; ``run_id`` the index of the run (raster order over all images) of each foreground cell
     (meaningless on background); ``fg`` bool, foreground cells.
     """
-    start = masks != 0
-    start[:, :, 1:] &= masks[:, :, 1:] != masks[:, :, :-1]
-    start = start.ravel()
-    fg = masks.ravel() != 0
+    flat = masks.ravel()
+    start = np.zeros(flat.size, dtype=bool)
+    start[find_runs(flat, line=masks.shape[-1]).starts] = True  # runs never cross a row (or image) end
+    fg = flat != 0
     # A foreground cell that does not start a run continues the run of its left neighbour (same row,
     # same class), which is the latest start before it in raster order.
     run_id = np.cumsum(start) - 1

@@ -28,7 +28,7 @@ from rleseg.data.patches import cut_patches, stitch_patches
 from rleseg.diagnostics import TokenDiagnostics
 from rleseg.metrics import ConfusionMatrix, PanopticMetrics, SegmentationMetrics, SequenceStats, WeightedMean
 from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
-from rleseg.tokenizers.runs import upsample
+from rleseg.tokenizers.runs import subsample, upsample
 
 
 @dataclass
@@ -139,24 +139,21 @@ class SegModuleBase(LightningModule):
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         self._score(batch, batch_idx, stage, self.predict_masks(batch))
 
+    def _semantic(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class ids of label maps: panoptic ``class * label_divisor + instance`` ids divided out."""
+        return labels // self.info.label_divisor if self.info.task == "panoptic" else labels
+
     def _score(self, batch: dict[str, Any], batch_idx: int, stage: str, out: dict[str, Any]) -> None:
         """Update the metrics (and the overlay samples) with the prediction ``out`` of ``batch``."""
         target = batch["mask"]
-        semantic_pred, semantic_target = out["mask"], target
         if self.info.task == "panoptic":
             getattr(self, f"{stage}_pq").update(out["mask"], target)
-            semantic_pred = out["mask"] // self.info.label_divisor
-            semantic_target = target // self.info.label_divisor
+        semantic_pred, semantic_target = self._semantic(out["mask"]), self._semantic(target)
         getattr(self, f"{stage}_metrics").update(semantic_pred, semantic_target)
         if stage == "val":
             self.val_confusion.update(semantic_pred, semantic_target)
         if out.get("token_mask") is not None and "token_mask" in batch:
-            tok_pred, tok_target = out["token_mask"], batch["token_mask"]
-            if self.info.task == "panoptic":
-                tok_pred, tok_target = (
-                    tok_pred // self.info.label_divisor,
-                    tok_target // self.info.label_divisor,
-                )
+            tok_pred, tok_target = self._semantic(out["token_mask"]), self._semantic(batch["token_mask"])
             getattr(self, f"{stage}_token_metrics").update(tok_pred, tok_target)
             # The encoding's own ceiling: ground-truth tokens decoded and upsampled back.
             ceiling = torch.from_numpy(upsample(tok_target.cpu().numpy(), tuple(target.shape)))
@@ -401,11 +398,17 @@ class RLESegModule(SegModuleBase):
             # Runs before Lightning restores a checkpoint, so a resumed run keeps its trained weights.
             self._init_position_tokens(dm.tokenizer)
 
+    @staticmethod
+    def _start_ranges(tokenizer: Tokenizer) -> list[Any]:
+        """The vocabulary ranges of start tokens that name one cell each of the token mask (flat starts)."""
+        cells = math.prod(tokenizer.token_shape)
+        return [r for r in tokenizer.vocab.ranges if r.name == "start" and r.count == cells]
+
     def _init_position_tokens(self, tokenizer: Tokenizer) -> None:
         """Start tokens name a cell of the token mask: initialise them with that cell's sin-cos position,
         expressed in the grid of the encoder's visual tokens (see ``TokenDecoder.init_position_tokens``)."""
         shape = tuple(tokenizer.token_shape)
-        ranges = [r for r in tokenizer.vocab.ranges if r.name == "start" and r.count == math.prod(shape)]
+        ranges = self._start_ranges(tokenizer)
         if not ranges:
             return  # gap / row-col / dense encodings have no flat start field
         from rleseg.models.layers import grid_points
@@ -421,7 +424,7 @@ class RLESegModule(SegModuleBase):
     def _configure_anchor(self, tokenizer: Tokenizer) -> None:
         """Tell the decoder which memory token lies under each start token's cell (``anchor``)."""
         shape = tuple(int(n) for n in tokenizer.token_shape)
-        ranges = [r for r in tokenizer.vocab.ranges if r.name == "start" and r.count == math.prod(shape)]
+        ranges = self._start_ranges(tokenizer)
         if len(shape) != 2 or not ranges:
             raise ValueError(
                 f"anchor needs a tokenizer whose start tokens name the cells of a 2-D token mask; "
@@ -432,7 +435,7 @@ class RLESegModule(SegModuleBase):
         cols = ((torch.arange(shape[1]) + 0.5) * grid[1] / shape[1]).long().clamp_max(grid[1] - 1)
         index = (rows[:, None] * grid[1] + cols[None, :]).flatten()
         # the fine grid comes after the coarse tokens when cross-attention reads the coarse ones
-        offset = self.model.encoder.cross_tokens(torch.empty(0, 0, *self.info.input_size, device="meta")) or 0
+        offset = self.model.encoder.cross_tokens(self.info.input_size) or 0
         self.model.decoder.configure_anchor(ranges[0].lo, index + offset)
 
     def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
@@ -527,7 +530,7 @@ class RLESegModule(SegModuleBase):
         one teaches the features where each class is, which the decoder then reads runs from. Inference
         is unchanged: masks still come from generated tokens.
         """
-        semantic = mask // self.info.label_divisor if self.info.task == "panoptic" else mask
+        semantic = self._semantic(mask)
         return F.cross_entropy(self._aux_logits(memory, tuple(semantic.shape[-2:])), semantic.long())
 
     def _aux_logits(self, memory: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -652,7 +655,7 @@ class RLESegModule(SegModuleBase):
         diag = getattr(self, f"{stage}_diag", None)
         if diag is not None and self.aux_head is not None and "patch_tokens" not in batch:
             # what a linear probe of the visual memory reads (the aux head): features vs decoder
-            mask = batch["mask"] // self.info.label_divisor if self.info.task == "panoptic" else batch["mask"]
+            mask = self._semantic(batch["mask"])
             probe = self._aux_logits(memory, tuple(mask.shape[-2:])).argmax(dim=1)
             getattr(self, f"{stage}_probe_metrics").update(probe, mask)
         if diag is not None:
@@ -664,12 +667,7 @@ class RLESegModule(SegModuleBase):
                 and tok_target.ndim == 3
                 and tok_pred.shape == tok_target.shape
             ):
-                if self.info.task == "panoptic":
-                    tok_pred, tok_target = (
-                        tok_pred // self.info.label_divisor,
-                        tok_target // self.info.label_divisor,
-                    )
-                diag.update_generated(tok_pred, tok_target)
+                diag.update_generated(self._semantic(tok_pred), self._semantic(tok_target))
         getattr(self, f"{stage}_seq").update(
             torch.as_tensor([int((row != PAD).sum()) - 1 - int((row == EOS).any()) for row in out["tokens"]]),
             runs_total=sum(r.runs_total for r in out["results"]),
@@ -803,9 +801,9 @@ class DenseSegModule(SegModuleBase):
         if token_mask is not None and token_mask.ndim == mask.ndim:
             s = mask.shape[-1] // token_mask.shape[-1]
             if s > 1 and tuple(token_mask.shape[-2:]) == (mask.shape[-2] // s, mask.shape[-1] // s):
-                cells = out["mask"][..., s // 2 :: s, s // 2 :: s]  # the tokenizers' nearest subsampling
-                grid = cells.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1)
-                getattr(self, f"{stage}_grid_metrics").update(grid, mask)
+                # nearest subsampling as the tokenizers do, back to the label size as token masks are
+                grid = upsample(subsample(out["mask"].cpu().numpy(), s), tuple(mask.shape))
+                getattr(self, f"{stage}_grid_metrics").update(torch.from_numpy(grid).to(mask.device), mask)
 
     def _log_metrics(self, stage: str) -> None:
         super()._log_metrics(stage)

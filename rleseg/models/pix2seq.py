@@ -14,6 +14,7 @@ frame 0 to an image model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -117,17 +118,18 @@ class VisualEncoder(nn.Module):
         """Reduction of the grid the decoder's cross-attention reads."""
         return self.stride if self.cross_fine else self.backbone.stride
 
-    def cross_tokens(self, images: Tensor) -> int | None:
-        """How many leading memory tokens cross-attention reads (None: all of them)."""
+    def cross_tokens(self, size: Sequence[int]) -> int | None:
+        """How many leading memory tokens cross-attention reads for ``(H, W)`` inputs (None: all)."""
         if self.fine_proj is None or self.cross_fine:
             return None
-        h, w = images.shape[-2:]
+        h, w = size[-2:]
         return (h // self.backbone.stride) * (w // self.backbone.stride)
 
-    def _tokens(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        features = self.backbone(images)  # [N, C, h, w]
+    def _tokens(self, images: Tensor) -> tuple[Tensor, tuple[int, int], Tensor | None]:
+        """Projected backbone tokens ``[N, h·w, d]``, their grid ``(h, w)`` and the finer map (or None)."""
+        features, fine = self.backbone.features(images)  # [N, C, h, w], finer map or None
         h, w = features.shape[-2:]
-        return self.proj_norm(self.proj(features.flatten(2).transpose(1, 2))), (h, w)
+        return self.proj_norm(self.proj(features.flatten(2).transpose(1, 2))), (h, w), fine
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, C, H, W]`` (or ``[B, T, C, H, W]`` when ``frames > 1``) → memory ``[B, S, d]``.
@@ -136,9 +138,7 @@ class VisualEncoder(nn.Module):
         ``S`` is the size of the finer grid.
         """
         if self.frames == 1:
-            features, fine = self.backbone.features(images)  # [N, C, h, w], finer map or None
-            h, w = features.shape[-2:]
-            x = self.proj_norm(self.proj(features.flatten(2).transpose(1, 2)))
+            x, (h, w), fine = self._tokens(images)
             x = x + sincos_position_embedding((h, w), self.d_model, device=x.device, dtype=x.dtype)
             for layer in self.layers:
                 x = layer(x)
@@ -165,7 +165,7 @@ class VisualEncoder(nn.Module):
             return torch.cat([coarse, fine_tokens], dim=1)
 
         b, t = images.shape[:2]
-        x, (h, w) = self._tokens(images.flatten(0, 1))  # [B·T, S, d]
+        x, (h, w), _ = self._tokens(images.flatten(0, 1))  # [B·T, S, d] (no fine map: images only)
         if self.fusion == "late":
             pos = sincos_position_embedding((t, h, w), self.d_model, device=x.device, dtype=x.dtype)
             x = x + pos.reshape(1, t, h * w, -1).expand(b, -1, -1, -1).flatten(0, 1)
@@ -528,7 +528,7 @@ class Pix2Seq(nn.Module):
         With ``cross_memory="coarse"`` the decoder is told here how many of them cross-attention reads.
         """
         images = self._check_images(images)
-        self.decoder.cross_tokens = self.encoder.cross_tokens(images)
+        self.decoder.cross_tokens = self.encoder.cross_tokens(images.shape[-2:])
         return self.encoder(images)
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
