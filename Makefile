@@ -21,7 +21,7 @@ system-deps:
 $(BIN)/rleseg: pyproject.toml setup.py rleseg/tokenizers/_kernels.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
 	touch $(BIN)/rleseg
 
 install: system-deps $(BIN)/rleseg

@@ -96,6 +96,8 @@ __all__ = [
     "export_trials",
     "open_storage",
     "run_sweep",
+    "shown_url",
+    "storage_url",
     "study_progress",
     "train_trial",
 ]
@@ -876,13 +878,19 @@ def open_storage(
 ) -> Any:
     """An Optuna ``RDBStorage`` for ``url``, with heartbeats that fail and retry trials of dead processes.
 
-    SQLite gets a long lock timeout so several local workers can share one file.
+    SQLite gets a long lock timeout so several local workers can share one file. ``postgresql://`` without
+    a driver means psycopg 3 (``pip install 'rleseg[postgres]'``). A storage that cannot be opened (driver
+    missing, server unreachable, authentication failed, no such database) is a one-line :class:`SweepError`
+    that never shows the password.
     """
     import optuna
 
+    url = storage_url(url)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    if url.startswith("postgresql") and "connect_timeout=" not in url:
+        engine_kwargs = {"connect_args": {"connect_timeout": 15}}  # a firewalled host fails, not hangs
     kwargs: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats and their retry callback are "experimental" in Optuna
@@ -896,7 +904,106 @@ def open_storage(
                 "grace_period": grace_period,
                 name: retry(max_retry),
             }
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except Exception as err:
+            if url.startswith("sqlite"):
+                raise
+            raise _storage_error(url, err) from err  # driver and connection errors: one line
+
+
+def storage_url(url: str) -> str:
+    """``url`` as SQLAlchemy should open it: ``postgresql://`` (or ``postgres://``) naming no driver gets
+    psycopg 3, the driver of the ``postgres`` extra; a driver named explicitly is kept.
+
+    >>> storage_url("postgresql://me:pw@db.example:5432/sweeps")
+    'postgresql+psycopg://me:pw@db.example:5432/sweeps'
+    >>> storage_url("postgresql+psycopg2://me@db/sweeps"), storage_url("sqlite:///study.db")
+    ('postgresql+psycopg2://me@db/sweeps', 'sqlite:///study.db')
+    """
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password masked, for messages and logs.
+
+    >>> shown_url("postgresql://me:s3cret@db.example/sweeps")
+    'postgresql://me:***@db.example/sweeps'
+    """
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: mask what looks like user:password@
+        import re
+
+        return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
+
+
+def _storage_error(url: str, err: BaseException) -> SweepError:
+    """One line saying why the storage at ``url`` cannot be opened (no password, no traceback)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001
+        return SweepError(
+            f"storage {shown_url(url)}: not an SQLAlchemy URL (dialect+driver://user:password@host:port/db)"
+        )
+    shown = shown_url(url)
+    postgres = parsed.get_backend_name() == "postgresql"
+    cause = err.__cause__ if isinstance(err, ImportError) and err.__cause__ is not None else err
+    if isinstance(cause, ImportError) or type(err).__name__ == "NoSuchModuleError":
+        extra = "pip install 'rleseg[postgres]' (psycopg 3, which postgresql:// uses)"
+        if type(err).__name__ == "NoSuchModuleError":
+            hint = f"; for PostgreSQL: {extra}" if postgres else ""
+            return SweepError(f"storage {shown}: SQLAlchemy knows no driver {parsed.drivername!r}{hint}")
+        driver = getattr(cause, "name", None) or parsed.drivername
+        if not postgres:
+            hint = f"install it (pip install {driver})"
+        elif parsed.drivername == "postgresql+psycopg":
+            hint = extra
+        else:
+            hint = f"install it (pip install {driver}), or write postgresql:// and {extra}"
+        return SweepError(f"storage {shown}: the database driver {driver!r} is not installed: {hint}")
+    text = str(getattr(err, "orig", None) or err)
+    if parsed.password:
+        text = text.replace(parsed.password, "***")
+    detail = " ".join(text.split())  # the driver's message, on one line
+    lower = detail.lower()
+    where = f"{parsed.host or 'localhost'}:{parsed.port or (5432 if postgres else 'default port')}"
+    if (
+        "authentication failed" in lower
+        or "no password supplied" in lower
+        or "pg_hba.conf" in lower
+        or ("role" in lower and "does not exist" in lower)
+    ):
+        return SweepError(
+            f"storage {shown}: authentication failed for user {parsed.username!r} on {where} "
+            "(check the user name and password in the URL)"
+        )
+    if "database" in lower and "does not exist" in lower:
+        return SweepError(
+            f"storage {shown}: database {parsed.database!r} does not exist on {where} "
+            f"(create it, e.g. createdb -h {parsed.host or 'localhost'} {parsed.database}, or name another)"
+        )
+    for symptom in (
+        "connection refused",
+        "could not connect",
+        "timeout",
+        "timed out",
+        "resolve host",
+        "name or service not known",
+        "no route to host",
+        "network is unreachable",
+        "could not translate",
+    ):
+        if symptom in lower:
+            return SweepError(f"storage {shown}: cannot reach the database server at {where} ({detail})")
+    return SweepError(f"storage {shown}: cannot open it: {type(cause).__name__}: {detail}")
 
 
 class _BudgetConstraint:
@@ -1283,16 +1390,17 @@ def run_sweep(
         return study
 
     url = storage or spec.resolved_storage()
+    shown = shown_url(url)  # messages and logs never show the password
     spec.resolved_output_dir().mkdir(parents=True, exist_ok=True)
     backend = open_storage(url, True, spec.heartbeat_interval, spec.grace_period, spec.max_retry)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(backend)}
     if spec.study_name in existing and existing[spec.study_name].n_trials and not resume:
         raise SweepError(
-            f"study {spec.study_name!r} in {url} already has {existing[spec.study_name].n_trials} trials; "
+            f"study {spec.study_name!r} in {shown} already has {existing[spec.study_name].n_trials} trials; "
             "pass --resume to continue it (or to add a worker to it), or choose another --storage"
         )
     if resume and spec.study_name not in existing:
-        raise SweepError(f"nothing to resume: no study {spec.study_name!r} in {url}")
+        raise SweepError(f"nothing to resume: no study {spec.study_name!r} in {shown}")
     study = optuna.create_study(
         study_name=spec.study_name,
         storage=backend,
@@ -1307,7 +1415,7 @@ def run_sweep(
         study.set_user_attr("budgets_mib", spec.budgets_mib)
     elif stored.get("fingerprint") != spec.fingerprint():
         raise SweepError(
-            f"study {spec.study_name!r} in {url} was created from a different sweep (search space, "
+            f"study {spec.study_name!r} in {shown} was created from a different sweep (search space, "
             "objectives, base or overrides changed); resume it with the original file, or start a new study "
             "with --storage"
         )
@@ -1315,7 +1423,7 @@ def run_sweep(
     progress = study_progress(study)
     log(
         f"sweep {spec.study_name}: {progress.done}/{target} trials done, {progress.running} running, "
-        f"{progress.waiting + requeued} queued; storage {url}; budgets {spec.budgets_mib or 'none'} MiB; "
+        f"{progress.waiting + requeued} queued; storage {shown}; budgets {spec.budgets_mib or 'none'} MiB; "
         f"{workers} worker(s)"
     )
     if workers <= 1:

@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``sweep`` command; returns the exit status."""
-    from rleseg.sweep import SweepError, SweepSpec, export_trials, open_storage, run_sweep
+    from rleseg.sweep import SweepError, SweepSpec, export_trials, open_storage, run_sweep, shown_url
 
     if args.workers < 1:
         raise SweepError(f"--workers must be >= 1, got {args.workers}")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         storage = open_storage(url, heartbeat=False)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if spec.study_name not in names:
-            raise SweepError(f"no study {spec.study_name!r} in {url} (studies there: {names})")
+            raise SweepError(f"no study {spec.study_name!r} in {shown_url(url)} (studies there: {names})")
         frame = export_trials(optuna.load_study(study_name=spec.study_name, storage=storage), args.export)
         print(f"wrote {len(frame)} trials of {spec.study_name} to {args.export}")
         return 0
