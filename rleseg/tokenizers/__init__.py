@@ -8,6 +8,7 @@
 from rleseg.tokenizers import image, panoptic, video  # noqa: F401  (registers the tokenizers)
 from rleseg.tokenizers.base import (
     EOS,
+    INVALID_TOKEN,
     PAD,
     PROMPTS,
     DecodeResult,
@@ -18,11 +19,13 @@ from rleseg.tokenizers.base import (
     TokenRange,
     Transition,
     VocabLayout,
+    as_token_array,
 )
 from rleseg.tokenizers.registry import create_tokenizer, list_tokenizers, register_tokenizer
 
 __all__ = [
     "EOS",
+    "INVALID_TOKEN",
     "PAD",
     "PROMPTS",
     "DecodeResult",
@@ -33,6 +36,7 @@ __all__ = [
     "TokenizerError",
     "Transition",
     "VocabLayout",
+    "as_token_array",
     "create_tokenizer",
     "list_tokenizers",
     "register_tokenizer",

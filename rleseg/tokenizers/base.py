@@ -14,6 +14,8 @@ prompts) live in their own range, so a full sequence is recognised and stripped.
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -31,6 +33,161 @@ NUM_SPECIAL = 2 + len(PROMPTS)
 
 class TokenizerError(ValueError):
     """A bad input mask, a bad configuration, or a malformed ground-truth sequence."""
+
+
+#: what lenient decoding puts in place of a value that is no token id (NaN, 2.5, 2**70, "a", None): a
+#: negative id, which is neither PAD, EOS nor a prompt and lies in no field, so the parser drops it and
+#: counts it in ``tokens_dropped`` like any other out-of-vocabulary id
+INVALID_TOKEN = -1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64 = np.dtype(np.int64)
+
+
+def as_token_array(tokens: object, *, strict: bool) -> np.ndarray:
+    """The one place token input is coerced: a 1-D int64 array of the ids in ``tokens``.
+
+    Every decoder (the grammar parser, and the strict fast paths of the run tokenizers) takes its
+    input through here, so all tokenizers accept and reject the same things.
+
+    ``strict=True`` (ground truth) takes a 1-D array-like of integer dtype, or of a float dtype whose
+    values are *all* exact integers (``[5.0, 7.0]`` is read as ``[5, 7]``, so tokens that went through a
+    float tensor still decode; ``1002.9``, NaN and inf are not integers and are rejected, never
+    truncated). Everything else raises :class:`TokenizerError` naming what is wrong: bool, object,
+    string, complex or other non-integer dtypes, arrays that are not 1-D (nothing is flattened), and
+    values outside the int64 range (``2**63``, or ``2**70`` in a list, which numpy stores as float or
+    object).
+
+    ``strict=False`` (model output) never raises on an array-like of numbers: anything numpy can read,
+    including ragged nested lists and object arrays, is flattened, and every value that is not an
+    integer within int64 (2.5, NaN, inf, 2**70, a string, None) becomes :data:`INVALID_TOKEN`, which
+    decoding drops and counts in ``tokens_dropped`` like an out-of-vocabulary id. A bool *array* is a
+    mask, not tokens: all its values are invalid. A bool scalar among numbers (``[3, True]``) is read as
+    0/1, as numpy and Python read it.
+
+    >>> as_token_array([5.0, 7], strict=True).tolist()
+    [5, 7]
+    >>> as_token_array(np.array([1002.9, np.nan, 2**70, 9]), strict=False).tolist()
+    [-1, -1, -1, 9]
+    >>> as_token_array([[1, 2], [3]], strict=False).tolist()
+    [1, 2, 3]
+    """
+    if type(tokens) is np.ndarray and tokens.dtype == _INT64 and (tokens.ndim == 1 or not strict):
+        return tokens if tokens.ndim == 1 else tokens.reshape(-1)  # the common case, no copy
+    try:
+        arr = np.asarray(tokens)
+    except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot read
+        if strict:
+            raise TokenizerError(f"token sequence is not a 1-D array of integers ({e})") from None
+        return _lenient_objects(_leaves(tokens))
+    if strict:
+        return _strict(arr)
+    kind = arr.dtype.kind
+    if kind == "i":
+        return arr.reshape(-1).astype(np.int64, copy=False)
+    flat = arr.reshape(-1)
+    if kind == "u":
+        out = flat.astype(np.int64)
+        out[flat > _INT64_MAX] = INVALID_TOKEN
+        return out
+    if kind == "c":
+        real = flat.real
+        ok = (flat.imag == 0) & _integral(real)
+        return np.where(ok, real, INVALID_TOKEN).astype(np.int64)
+    if kind == "f":
+        return np.where(_integral(flat), flat, INVALID_TOKEN).astype(np.int64)
+    if kind == "O" or (kind in "US" and not isinstance(tokens, np.ndarray | str | bytes)):
+        # element by element (numpy turns a list holding one string into an all-string array)
+        return _lenient_objects(_leaves(flat if kind == "O" else tokens))
+    # bool, strings, bytes, datetimes, structured: no value is a token id
+    return np.full(flat.size, INVALID_TOKEN, dtype=np.int64)
+
+
+def _integral(values: np.ndarray) -> np.ndarray:
+    """Which float values are exact integers inside the int64 range (NaN and inf are not)."""
+    if values.dtype.itemsize < 8:  # float16 cannot even hold the bound 2**63
+        values = values.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return (
+            np.isfinite(values) & (np.floor(values) == values) & (values >= _INT64_MIN) & (values < 2.0**63)
+        )
+
+
+def _strict(arr: np.ndarray) -> np.ndarray:
+    kind = arr.dtype.kind
+    if kind == "O":
+        for i, x in enumerate(_leaves(arr.reshape(-1))):
+            if isinstance(x, numbers.Integral) and _object_id(x) is None:
+                raise TokenizerError(f"token {int(x)} at position {i} is beyond the int64 range")
+    if kind not in "iuf":
+        raise TokenizerError(f"token sequence has dtype {arr.dtype}; expected integer token ids")
+    if arr.ndim != 1:
+        raise TokenizerError(
+            f"token sequence must be 1-D; got a {arr.ndim}-D array of shape {arr.shape} "
+            "(strict decoding flattens nothing)"
+        )
+    if kind == "i":
+        return arr.astype(np.int64, copy=False)
+    if kind == "u":
+        over = np.flatnonzero(arr > _INT64_MAX)
+        if over.size:
+            i = int(over[0])
+            raise TokenizerError(f"token {int(arr[i])} at position {i} is beyond the int64 range")
+        return arr.astype(np.int64)
+    ok = _integral(arr)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        v = float(arr[i])
+        if not math.isfinite(v) or v != math.floor(v):
+            what = "is not finite" if not math.isfinite(v) else "is not an integer"
+            raise TokenizerError(
+                f"token {v!r} at position {i} {what}; float tokens are accepted only when every value "
+                "is an exact integer"
+            )
+        raise TokenizerError(f"token {v!r} at position {i} is beyond the int64 range")
+    return arr.astype(np.int64)
+
+
+def _leaves(obj: object) -> list:
+    """The scalars of a (possibly ragged) nesting of lists, tuples and arrays, in order."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind != "O":
+            return list(obj.reshape(-1))
+        obj = obj.reshape(-1).tolist()
+    if isinstance(obj, list | tuple):
+        out: list = []
+        for x in obj:
+            if isinstance(x, list | tuple | np.ndarray):
+                out += _leaves(x)
+            else:
+                out.append(x)
+        return out
+    return [obj]
+
+
+def _object_id(x: object) -> int | None:
+    """The token id a Python/numpy scalar stands for, or None when it is no integer within int64."""
+    if isinstance(x, str | bytes):
+        return None
+    try:
+        if isinstance(x, numbers.Integral | np.bool_):  # a bool scalar is 0/1, as numpy reads [3, True]
+            v = int(x)
+        elif isinstance(x, numbers.Complex) and not isinstance(x, numbers.Real):
+            return _object_id(x.real) if x.imag == 0 else None
+        elif isinstance(x, numbers.Number):  # float, numpy floats, Fraction, Decimal
+            f = float(x)  # type: ignore[arg-type]
+            if not math.isfinite(f) or f != math.floor(f):
+                return None
+            v = int(f)
+        else:
+            return None
+    except (ValueError, TypeError, OverflowError, ArithmeticError):
+        return None
+    return v if _INT64_MIN <= v <= _INT64_MAX else None
+
+
+def _lenient_objects(values: list) -> np.ndarray:
+    ids = [_object_id(x) for x in values]
+    return np.array([INVALID_TOKEN if v is None else v for v in ids], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -252,8 +409,9 @@ class Tokenizer(ABC):
     def decode_report(self, tokens: np.ndarray, *, strict: bool = False) -> DecodeResult:
         """Decode content tokens or a full model sequence into a token-resolution mask.
 
-        Lenient by default (never raises on any int sequence, counts what it drops); ``strict=True``
-        raises :class:`TokenizerError` on anything malformed (ground truth).
+        Lenient by default (never raises on any array-like of numbers, counts what it drops); ``strict=True``
+        raises :class:`TokenizerError` on anything malformed (ground truth). What input is accepted, and
+        how values that are no token id are counted, is :func:`as_token_array`'s to say.
         """
 
     def decode(self, tokens: np.ndarray, *, strict: bool = True) -> np.ndarray:
@@ -282,7 +440,9 @@ class Tokenizer(ABC):
         )
 
     def decode_batch(self, tokens: np.ndarray, *, strict: bool = False) -> list[DecodeResult]:
-        return [self.decode_report(row, strict=strict) for row in np.asarray(tokens)]
+        """One :meth:`decode_report` per row (a list of sequences may be ragged)."""
+        rows = tokens if isinstance(tokens, list | tuple) else np.asarray(tokens)
+        return [self.decode_report(row, strict=strict) for row in rows]
 
     def describe(self) -> str:
         """Human-readable summary: scheme, shapes, k, vocabulary layout."""

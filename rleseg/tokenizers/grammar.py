@@ -6,6 +6,8 @@ and what decoding accepts come from the same machine.
 
 Parsing a model sequence (lenient, never raises):
 
+0. read the input with :func:`~rleseg.tokenizers.base.as_token_array` (values that are no token id,
+   such as NaN or 2.5, become an out-of-vocabulary id and are dropped like one);
 1. strip a leading task prompt, stop at the first EOS (or, lacking one, at the first PAD);
 2. cut the content at ``max_len`` when the grammar fixes it (the excess counts as dropped tokens);
 3. walk the machine. A *record* is the tokens that lead from an accepting state back to an accepting
@@ -32,7 +34,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Grammar, TokenizerError, Transition, VocabLayout
+from rleseg.tokenizers.base import (
+    EOS,
+    PAD,
+    PROMPTS,
+    Grammar,
+    TokenizerError,
+    Transition,
+    VocabLayout,
+    as_token_array,
+)
 
 _PROMPT_IDS = frozenset(PROMPTS.values())
 
@@ -170,12 +181,7 @@ class GrammarParser:
     # ------------------------------------------------------------------ sequences
     def split_sequence(self, tokens: object, strict: bool) -> tuple[np.ndarray, int, bool, int]:
         """``(content, offset, ended_with_eos, non-PAD tokens after the end)`` of a model sequence."""
-        t = np.asarray(tokens)
-        if t.dtype.kind not in "iu":
-            if strict and t.size and t.dtype.kind != "f":
-                raise TokenizerError(f"token sequence has dtype {t.dtype}; expected integers")
-            t = t.astype(np.int64)
-        t = t.reshape(-1).astype(np.int64, copy=False)
+        t = as_token_array(tokens, strict=strict)
         begin = 0
         if t.size and int(t[0]) in _PROMPT_IDS:
             if strict and t[0] != self.grammar.prompt:

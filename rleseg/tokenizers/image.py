@@ -34,6 +34,7 @@ from rleseg.tokenizers.base import (
     TokenizerError,
     TokenRange,
     VocabLayout,
+    as_token_array,
 )
 from rleseg.tokenizers.grammar import GrammarParser, Parsed, build_grammar, cycle_grammar
 from rleseg.tokenizers.registry import register_tokenizer
@@ -428,6 +429,7 @@ class FlatRunTokenizer(RunTokenizer):
             kernels is None
             or type(tokens) is not np.ndarray
             or tokens.dtype != _INT64
+            or tokens.ndim != 1  # the kernel would read any C-contiguous buffer as one flat sequence
             or self.paint_max > 255
         ):
             return None
@@ -475,6 +477,7 @@ class FlatRunTokenizer(RunTokenizer):
 
     def decode(self, tokens: np.ndarray, *, strict: bool = True) -> np.ndarray:
         if strict and type(self) in _FAST:
+            tokens = as_token_array(tokens, strict=True)  # the fast paths take the checked 1-D int64 array
             mask = self._kernel_decode(tokens)
             if mask is None:
                 mask = self._decode_strict_fast(tokens)
