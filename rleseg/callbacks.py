@@ -1,4 +1,4 @@
-"""Lightning callbacks the sweeps rely on: Optuna pruning, peak memory, and sequence lengths.
+"""Lightning callbacks: Optuna pruning, peak memory, sequence lengths, and random state for exact resume.
 
 * :class:`OptunaPruning` reports the validation metric to an Optuna trial and stops training when the
   pruner says so. The project owns it because Optuna's Lightning integration has broken across Lightning
@@ -9,6 +9,8 @@
   estimate is checked against).
 * :class:`SequenceLengths` collects the ground-truth tokens per mask and the truncation of the
   validation batches (the encoding's own sequence lengths, independent of what the model generates).
+* :class:`RandomState` saves the global random generators (Python, NumPy, torch) in every checkpoint and
+  restores them before the first resumed step, so dropout draws continue as in an uninterrupted run.
 
 >>> import optuna
 >>> study = optuna.create_study(direction="maximize")
@@ -20,6 +22,7 @@ False
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from typing import Any
 
@@ -30,7 +33,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rleseg.memory import MIB, _cpu_allocations, _running_peak, live_tensor_bytes
 from rleseg.tokenizers.base import EOS, PAD
 
-__all__ = ["MonitorError", "OptunaPruning", "PeakMemory", "SequenceLengths"]
+__all__ = ["MonitorError", "OptunaPruning", "PeakMemory", "RandomState", "SequenceLengths"]
 
 
 class MonitorError(ValueError):
@@ -211,3 +214,43 @@ class SequenceLengths(Callback):
         if self.truncated:
             out["truncated_fraction"] = float(np.mean(self.truncated))
         return out
+
+
+class RandomState(Callback):
+    """Keeps the global random generators in checkpoints so a resumed run draws what the original would.
+
+    The state is taken when the checkpoint is written (after a training step) and restored at the first
+    training step after a resume (not when the checkpoint is read: setting up the resumed run draws
+    numbers of its own, e.g. the DataLoader's base seed). Stored as plain lists and tensors, so checkpoints
+    stay loadable weights-only.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (the global one is the point)
+        version, internal, gauss_next = random.getstate()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(internal), gauss_next],
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,6 +13,7 @@ Two families of verbs share one entry point:
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -68,6 +69,15 @@ def _command_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
+def _chain(exc: BaseException | None):
+    """``exc`` and its causes / contexts, outermost first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def user_error(exc: BaseException) -> BaseException | None:
     """The exception rleseg itself raised about the user's input, if ``exc`` (or its cause) is one.
 
@@ -76,23 +86,49 @@ def user_error(exc: BaseException) -> BaseException | None:
     the rleseg package.
     """
     package = os.path.dirname(os.path.abspath(__file__))
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        tb = exc.__traceback__
+    for err in _chain(exc):
+        tb = err.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         if (
-            isinstance(exc, USER_ERRORS)
+            isinstance(err, USER_ERRORS)
             and tb is not None
             and tb.tb_frame.f_code.co_filename.startswith(package)
         ):
-            return exc  # the outermost of our own errors carries the most context
-        exc = exc.__cause__ or exc.__context__
+            return err  # the outermost of our own errors carries the most context
     return None
 
 
-def _report(command: str, err: BaseException) -> int:
+def environment_error(exc: BaseException) -> str | None:
+    """A one-line explanation for failures caused by the machine, not by rleseg or the user's config.
+
+    A folder that cannot be written (permissions, a read-only filesystem, a file where a folder should
+    be), a full disk, and a checkpoint whose tensors do not fit the model built from today's data.
+    """
+    for err in _chain(exc):
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            where = err.filename or "a file"
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                return f"no space left on the device writing {where}; free some space or write elsewhere"
+            return (
+                f"cannot write {where}: {err.strerror}; choose a writable output folder "
+                "(--trainer.default_root_dir, or the option that names this path)"
+            )
+        if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in str(err):
+            detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), "")
+            return (
+                f"the checkpoint does not fit this model ({detail.rstrip('.')}); pass the experiment "
+                "and data settings it was trained with"
+            )
+    return None
+
+
+_WRITE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+)
+
+
+def _report(command: str, err: BaseException | str) -> int:
     message = err.args[0] if isinstance(err, KeyError) and err.args else err
     print(f"rleseg {command}: error: {message}\n(set RLESEG_DEBUG=1 to see the traceback)", file=sys.stderr)
     return 2
@@ -108,8 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # args=None lets LightningCLI read sys.argv itself (it warns when given both).
             build_lightning_cli(args=None if from_sys else argv)
         except Exception as exc:
-            err = user_error(exc)
-            if err is None or os.environ.get("RLESEG_DEBUG"):
+            if os.environ.get("RLESEG_DEBUG"):
+                raise
+            err = user_error(exc) or environment_error(exc)
+            if err is None:
                 raise
             return _report(argv[0], err)
         return 0
@@ -120,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if not argv else 2
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as err:
+    except Exception as exc:
         # Expected user errors get one readable line, not a traceback (set RLESEG_DEBUG=1 for one).
         if os.environ.get("RLESEG_DEBUG"):
+            raise
+        err = exc if isinstance(exc, USER_ERRORS) else environment_error(exc)
+        if err is None:
             raise
         return _report(args.command, err)
 

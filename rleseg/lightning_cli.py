@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,31 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from rleseg.callbacks import RandomState
+from rleseg.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
 from rleseg.module import DataInfo
+
+#: Model classes a checkpoint may name when the configuration names none.
+ALLOWED_MODEL_CLASSES = ("rleseg.module.RLESegModule", "rleseg.module.DenseSegModule")
+#: Settings of how a trained model is evaluated, not of what it is: with ``--ckpt_path`` the config's and
+#: the command line's values apply; every other model setting comes from the checkpoint.
+RUNTIME_SETTINGS = frozenset(
+    {"decoding", "top_p", "constrained", "num_vis", "max_truncated_fraction", "diagnostics"}
+)
+#: Settings that only initialise weights the checkpoint then replaces: the config's value is kept silently
+#: (a checkpoint trained with ``pretrained: true`` must not trigger a download to be evaluated offline).
+INIT_SETTINGS = frozenset({"pretrained", "weights_path"})
+
+
+def _plain(value: Any) -> Any:
+    """Comparable form of a setting (tuples and lists alike, namespaces as dicts)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -93,6 +118,82 @@ class RlesegCLI(LightningCLI):
         defaults = {"logger": _default_loggers(), "default_root_dir": "runs", "log_every_n_steps": 10}
         kwargs.setdefault("trainer_defaults", defaults)
         super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Bind ``--ckpt_path``'s model to the configuration, safely and visibly.
+
+        Replaces Lightning's version, which loads only local files, lets the checkpoint name any class to
+        import (``_class_path``) and silently overrides every model option given in the config or on the
+        command line. Here the checkpoint is read weights-only from any location; its class must be the
+        config's (or an rleseg model when the config names none); architecture settings come from the
+        checkpoint and evaluation settings (:data:`RUNTIME_SETTINGS`) from the config, with one line on
+        standard error for every value that differs.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc", "registry"):
+            return
+        hparams = dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        ckpt_class = hparams.pop("_class_path", None)
+        model = self.config[subcommand].get("model")
+        config_class = model.get("class_path") if model is not None else None
+        if ckpt_class is not None and config_class is not None and ckpt_class != config_class:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} holds a {ckpt_class}, the config selects {config_class}; "
+                "pass the experiment file the checkpoint was trained with"
+            )
+        class_path = config_class or ckpt_class
+        if class_path not in ALLOWED_MODEL_CLASSES and config_class is None:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} names model class {ckpt_class!r}, which is not an rleseg model; "
+                "pass --config with the experiment the checkpoint was trained with"
+            )
+        if not hparams:
+            return
+        current = model.get("init_args") if model is not None and config_class == class_path else None
+        current = _plain(current) if current is not None else {}
+        updates: dict[str, Any] = {}
+        for key, saved in hparams.items():
+            if key in INIT_SETTINGS or key == "data_info":  # data_info: linked from the data, checked on load
+                continue
+            if current and key not in current:
+                self._note(f"checkpoint setting {key}={saved!r} is not an option of {class_path}; ignored")
+                continue
+            mine = current.get(key, saved)
+            if _plain(saved) == _plain(mine):
+                continue
+            if key in RUNTIME_SETTINGS:
+                self._note(
+                    f"model.{key}={mine!r} from the config / command line (the checkpoint has {saved!r})"
+                )
+            else:
+                updates[key] = saved
+                self._note(
+                    f"model.{key}={saved!r} from the checkpoint (the config / command line has {mine!r})"
+                )
+        if updates or config_class is None:
+            patch = {subcommand: {"model": {"class_path": class_path, "init_args": updates}}}
+            self.config = self.parser.parse_object(patch, self.config)
+
+    def _note(self, message: str) -> None:
+        print(f"rleseg {self.config.get('subcommand')}: note: {message}", file=sys.stderr)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        # Every checkpoint the Trainer reads or writes goes through SafeCheckpointIO (weights-only loads
+        # from any location, atomic saves) unless the configuration brings its own CheckpointIO.
+        from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+        plugins = config.get("plugins")
+        plugins = (
+            [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        )
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, [*callbacks, RandomState()])
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(

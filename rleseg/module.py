@@ -31,6 +31,10 @@ from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
 from rleseg.tokenizers.runs import subsample, upsample
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 @dataclass
 class DataInfo:
     """What the model side needs to know about the data; built from a DataModule."""
@@ -203,6 +207,24 @@ class SegModuleBase(LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
+
+    #: DataInfo fields that shape the weights: a checkpoint only loads into a model built from data that
+    #: agrees on them.
+    _WEIGHT_SHAPING = ("task", "num_classes", "vocab_size", "max_seq_len", "in_chans", "frames")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = (checkpoint.get("hyper_parameters") or {}).get("data_info")
+        if not isinstance(saved, dict):
+            return  # an older checkpoint: the state dict's own shape check still applies
+        mine = asdict(self.info)
+        differ = [k for k in self._WEIGHT_SHAPING if k in saved and _plain(saved[k]) != _plain(mine[k])]
+        if differ:
+            was = ", ".join(f"{k} {saved[k]!r}" for k in differ)
+            now = ", ".join(f"{k} {mine[k]!r}" for k in differ)
+            raise ValueError(
+                f"the checkpoint was trained on data with {was}; this data gives {now}: use the data "
+                "settings of the training run (source, tokenizer, classes, max_seq_len)"
+            )
 
     def on_validation_epoch_end(self) -> None:
         started = getattr(self, "_fit_started", None)
@@ -705,6 +727,8 @@ class DenseSegModule(SegModuleBase):
     Same DataModules (it ignores the token sequences), same metrics and logging as the token model, so
     the two can be compared on the same data and memory budget.
     """
+
+    _WEIGHT_SHAPING = ("task", "num_classes", "in_chans", "frames")  # no tokens: any tokenizer will do
 
     def __init__(
         self,

@@ -761,6 +761,7 @@ def _plt() -> Any:
             "legend.fontsize": 8.5,
             "xtick.labelsize": 9,
             "ytick.labelsize": 9,
+            "text.parse_math": False,  # names come from studies: "$...$" prints as written
         }
     )
     return plt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,21 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
     return np.where(fg, (1 - alpha) * rgb + alpha * colors[mask], rgb)
 
 
+def _plain_text(draw: Callable[..., Path]) -> Callable[..., Path]:
+    """Draw with mathtext off: class names and titles come from data, and ``$...$`` in them must print as
+    written (matplotlib would otherwise parse it, and crash on e.g. ``$\\frac{``)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Path:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+@_plain_text
 def save_prediction_grid(
     path: str | Path,
     images: np.ndarray,
@@ -88,6 +105,7 @@ def save_prediction_grid(
     return _save_figure(fig, path)
 
 
+@_plain_text
 def save_confusion_matrix(
     path: str | Path, counts: np.ndarray, class_names: list[str], title: str = ""
 ) -> Path:

@@ -18,13 +18,13 @@ atomically (a half-written cache from an interrupted run is never picked up).
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from rleseg.data.errors import DataError
+from rleseg.fileio import atomic_write
 
 DATA_DIR_ENV = "RLESEG_DATA_DIR"
 DEFAULT_DATA_DIR = "data_cache"
@@ -43,18 +43,8 @@ def resolve_data_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """Write ``arrays`` to ``path`` atomically (temporary file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``arrays`` to ``path`` atomically (:func:`rleseg.fileio.atomic_write`); returns the path."""
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from rleseg.data.datasets import EpochSampler, PredictDataset, SegDataset, collate
+from rleseg.data.datasets import EpochSampler, PredictDataset, ResumableDataLoader, SegDataset, collate
 from rleseg.data.errors import DataError
 from rleseg.data.sources.base import LABEL_DIVISOR, Source, create_source
 from rleseg.data.transforms import Augmenter
@@ -328,7 +328,7 @@ class _SegDataModule(LightningDataModule):
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[split])
         ds = self.datasets[split]
-        return DataLoader(
+        return (ResumableDataLoader if split == "train" else DataLoader)(
             ds,
             batch_size=self.batch_size,
             sampler=EpochSampler(len(ds), seed=self.seed) if split == "train" else None,

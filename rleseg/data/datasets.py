@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from rleseg.data.errors import DataError
 from rleseg.data.patches import cut_patches, jitter_origin, patch_origins
@@ -23,7 +23,14 @@ from rleseg.data.sources.base import SourceSplit
 from rleseg.data.sources.folder import IMAGE_EXTENSIONS, list_images, read_image
 from rleseg.data.transforms import Augmenter, normalize, resize_clip
 
-__all__ = ["EpochSampler", "PredictDataset", "SegDataset", "collate", "window_starts"]
+__all__ = [
+    "EpochSampler",
+    "PredictDataset",
+    "ResumableDataLoader",
+    "SegDataset",
+    "collate",
+    "window_starts",
+]
 
 
 def window_starts(num_frames: int, frames: int, stride: int, cover_end: bool) -> list[int]:
@@ -53,27 +60,91 @@ class EpochSampler(Sampler[int]):
     """Shuffles ``0..n-1`` with a permutation seeded by (seed, epoch) and yields ``epoch * n + index``.
 
     The dataset reads ``index = key % n`` and ``draw = key // n``: randomness then depends on the sample
-    and the epoch only, never on the worker that loads it. Each ``iter()`` is one epoch.
+    and the epoch only, never on the worker that loads it. Each ``iter()`` is one epoch, unless the
+    epoch is set from outside (``set_epoch``, which Lightning calls at every epoch start: the epoch then
+    follows the trainer's, also after a resume). ``skip(k)`` makes the next epoch start at its k-th
+    sample (a run resumed mid-epoch, see :class:`ResumableDataLoader`).
 
     >>> s = EpochSampler(3, seed=0)
     >>> sorted(k % 3 for k in s), min(iter(s)) >= 3
     ([0, 1, 2], True)
+    >>> s.set_epoch(1); s.skip(2); len(list(s))
+    1
     """
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
         self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), bool(shuffle), 0
+        self.current_epoch = 0  # the epoch of the latest iter()
+        self._managed = False
+        self._skip = 0
 
     def __len__(self) -> int:
         return self.n
 
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next ``iter()`` (and stop counting epochs by ``iter()`` calls)."""
+        self.epoch, self._managed = int(epoch), True
+
+    def skip(self, samples: int) -> None:
+        """Start the next epoch at its ``samples``-th sample (once)."""
+        self._skip = max(0, int(samples))
+
     def __iter__(self) -> Iterator[int]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
+        epoch, skip, self._skip = self.epoch, self._skip, 0
+        self.current_epoch = epoch
+        if not self._managed:
+            self.epoch += 1
         order = (
             np.random.default_rng([self.seed, epoch]).permutation(self.n)
             if self.shuffle
             else np.arange(self.n)
         )
-        return iter((epoch * self.n + order).tolist())
+        return iter((epoch * self.n + order[skip:]).tolist())
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over an :class:`EpochSampler` whose position is saved in checkpoints.
+
+    Lightning stores ``state_dict()`` of a training loader in every checkpoint (``_Stateful``) and calls
+    ``load_state_dict`` on resume before the first ``iter()``: the resumed run continues the same epoch's
+    permutation after the batches already trained on, so it sees exactly the samples, in the order, of
+    an uninterrupted run (without it, a resumed run replayed epoch 0's shuffle from its beginning).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches = 0
+
+    def _epoch_sampler(self) -> EpochSampler | None:
+        sampler = self.sampler
+        while sampler is not None and not isinstance(sampler, EpochSampler):
+            sampler = getattr(sampler, "sampler", None) or getattr(sampler, "dataset", None)
+            if not isinstance(sampler, Sampler):
+                return None
+        return sampler
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self._epoch_sampler()
+        self._batches = (sampler._skip // (self.batch_size or 1)) if sampler is not None else 0
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self._epoch_sampler()
+        if sampler is None:
+            return {}
+        return {"epoch": sampler.current_epoch, "batches": self._batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self._epoch_sampler()
+        if sampler is None or not state:
+            return
+        if state["batches"] >= len(self):  # saved after the epoch's last batch: the next epoch is whole
+            sampler.set_epoch(state["epoch"] + 1)
+        else:
+            sampler.set_epoch(state["epoch"])
+            sampler.skip(state["batches"] * (self.batch_size or 1))
 
 
 class SegDataset(Dataset):

@@ -166,7 +166,8 @@ def load_backbone_weights(model: nn.Module, weights_path: str | Path, *, in_chan
 
     Args:
         model: the feature model (``features_only=True``).
-        weights_path: a ``.pth``/``.pt``/``.ckpt``/``.safetensors`` file.
+        weights_path: a ``.pth``/``.pt``/``.ckpt``/``.safetensors`` file (a path or a URL; always read
+            weights-only).
         in_chans: the model's input channels.
 
     Returns:
@@ -175,15 +176,20 @@ def load_backbone_weights(model: nn.Module, weights_path: str | Path, *, in_chan
     Raises:
         BackboneError: if the file is unreadable or no key matches the model.
     """
-    path = str(weights_path)
-    if not Path(path).is_file():
-        raise BackboneError(f"weights_path {path!r} is not a file")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from rleseg.checkpoints import CheckpointError, is_remote, load_checkpoint, read_bytes
 
-        state = load_file(path)
-    else:
-        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    path = str(weights_path)
+    if not is_remote(path) and not Path(path.removeprefix("file://")).is_file():
+        raise BackboneError(f"weights_path {path!r} is not a file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load as load_safetensors
+
+            state = load_safetensors(read_bytes(path))
+        else:  # weights-only from any location (a local file, file://, http(s)://, fsspec)
+            state = _unwrap_state_dict(load_checkpoint(path, lightning=False), path)
+    except CheckpointError as exc:
+        raise BackboneError(f"weights_path: {exc}") from exc
     own = model.state_dict()
     own_norm = {_normalise(k): k for k in own}
 
