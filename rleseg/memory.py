@@ -443,10 +443,8 @@ def build_training_step(
     hp = model_section["init_args"]
 
     def make_step() -> TrainingStep:
+        # as the CLI builds it: the contract from the DataModule, the module builds its tokenizer from it
         module = _instantiate(model_section, "model", data_info=info)
-        tokenizer = getattr(dm, "tokenizer", None)
-        if tokenizer is not None and hasattr(module, "attach_tokenizer"):
-            module.attach_tokenizer(tokenizer)
         if param_dtype is not None:
             module = module.to(param_dtype)
         module.train()

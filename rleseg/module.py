@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,34 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass
 class DataInfo:
-    """What the model side needs to know about the data; built from a DataModule."""
+    """The data → model contract: everything a trained model needs to know about its data.
+
+    Built from a DataModule (:meth:`from_datamodule`, linked by the CLI), saved in every checkpoint as a
+    plain dict (``hyper_parameters.data_info``; checkpoints then load weights-only), and enough on its
+    own to use a trained model without its training data (:func:`rleseg.load_segmenter`): the module
+    builds its tokenizer from ``tokenizer`` + ``tokenizer_args`` (:meth:`build_tokenizer`), and
+    inference resizes, patches and normalises images as training did.
+
+    Attributes:
+        task: ``image``, ``video``, ``static_video`` or ``panoptic`` (the tokenizer's task).
+        num_classes, class_names, thing_classes: the classes (class 0 is background; things have instances).
+        vocab_size, max_seq_len: the token vocabulary and the longest sequence (prompt + content + EOS).
+        input_size: the model input (h, w): the patch size with patches, else the (resized) image size.
+        frames: T of a video window (1 for images). in_chans: image channels.
+        label_divisor: panoptic ids are ``class * label_divisor + instance``.
+        tokenizer, tokenizer_args: the registered tokenizer name and every argument it was built with.
+        image_size: whole frames were resized to this (h, w) before anything else (None: source size).
+        patch_size, patch_stride: training patches and the evaluation grid (None: whole frames).
+        eval_stride: frames between evaluation windows (video).
+        ignore_index: the void label in masks, skipped by the loss and the metrics (None: no void).
+        mean, std: per-channel normalisation of ``[0, 1]`` pixels.
+    """
 
     task: str = "image"
     num_classes: int = 2
@@ -49,10 +74,20 @@ class DataInfo:
     frames: int = 1
     in_chans: int = 3
     label_divisor: int = 1000
+    tokenizer: str = ""
+    tokenizer_args: dict[str, Any] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    patch_size: tuple[int, int] | None = None
+    patch_stride: tuple[int, int] | None = None
+    eval_stride: int = 1
+    ignore_index: int | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     @classmethod
     def from_datamodule(cls, dm: Any) -> DataInfo:
         """Read the attributes every rleseg DataModule exposes after ``__init__``."""
+        spec = dict(getattr(dm, "tokenizer_spec", None) or {})
         return cls(
             task=dm.task,
             num_classes=int(dm.num_classes),
@@ -60,11 +95,59 @@ class DataInfo:
             max_seq_len=int(dm.max_seq_len),
             class_names=list(dm.class_names),
             thing_classes=[int(c) for c in getattr(dm, "thing_classes", [])],
-            input_size=(int(dm.input_size[0]), int(dm.input_size[1])),
+            input_size=_pair(dm.input_size),
             frames=int(getattr(dm, "frames", 1)),
             in_chans=int(getattr(dm, "in_chans", 3)),
             label_divisor=int(getattr(dm, "label_divisor", 1000)),
+            tokenizer=str(spec.get("name", "")),
+            tokenizer_args=_plain_args(spec.get("args", {})),
+            image_size=_pair(getattr(dm, "image_size", None)),
+            patch_size=_pair(getattr(dm, "patch_size", None)),
+            patch_stride=_pair(getattr(dm, "patch_stride", None)),
+            eval_stride=int(getattr(dm, "eval_stride", 1) or 1),
+            ignore_index=getattr(dm, "ignore_index", None),
+            mean=tuple(float(v) for v in getattr(dm, "mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in getattr(dm, "std", IMAGENET_STD)),
         )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataInfo:
+        """From a checkpoint's ``data_info`` (unknown keys of a newer version are dropped)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def build_tokenizer(self) -> Tokenizer:
+        """The tokenizer the data was encoded with, rebuilt from ``tokenizer`` + ``tokenizer_args``.
+
+        Only registered tokenizer names are built (a checkpoint never names code to import); a custom
+        tokenizer must be registered (:func:`rleseg.register_tokenizer`) before loading.
+        """
+        from rleseg.tokenizers import create_tokenizer
+
+        if not self.tokenizer:
+            raise ValueError(
+                "this model's data_info names no tokenizer (a checkpoint saved before checkpoints "
+                "described their data): use it through the CLI with the experiment it was trained with "
+                "(rleseg predict --config EXPERIMENT --ckpt_path CKPT), which rebuilds the tokenizer"
+            )
+        return create_tokenizer(self.tokenizer, **self.tokenizer_args)
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
+
+
+def _plain_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Tokenizer arguments as plain YAML/JSON values (tuples as lists, numpy scalars as Python ones)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v.item() if hasattr(v, "item") else v
+
+    return {str(k): plain(v) for k, v in args.items()}
 
 
 class SegModuleBase(LightningModule):
@@ -88,7 +171,7 @@ class SegModuleBase(LightningModule):
                 "(run through `rleseg fit --config ...`, or pass DataInfo.from_datamodule(dm))."
             )
         # Checkpoints keep it as a plain dict so they load with torch.load(weights_only=True).
-        self.info = DataInfo(**data_info) if isinstance(data_info, dict) else data_info
+        self.info = DataInfo.from_dict(data_info) if isinstance(data_info, dict) else data_info
         self.num_classes = n = self.info.num_classes
         self.val_metrics = SegmentationMetrics(n)
         self.test_metrics = SegmentationMetrics(n)
@@ -407,18 +490,31 @@ class RLESegModule(SegModuleBase):
         self.val_diag: TokenDiagnostics | None = None
         self.test_diag: TokenDiagnostics | None = None
         self.register_buffer("token_weight", torch.ones(info.vocab_size), persistent=False)
+        self._check_sizes(feature_stride)
+        if info.tokenizer:  # the contract names the tokenizer: build it (no DataModule needed)
+            self.attach_tokenizer(info.build_tokenizer())
+
+    def _check_sizes(self, feature_stride: int) -> None:
+        """The model input must tile into whole visual tokens and whole token cells."""
+        stride = int(self.model.encoder.stride)
+        cell = int(self.info.tokenizer_args.get("subsample", 1) or 1)
+        unit = math.lcm(stride, cell, int(feature_stride))
+        size = tuple(self.info.input_size)
+        if size[0] % unit or size[1] % unit:
+            near = sorted({max(unit, n // unit * unit) for n in size} | {-(-n // unit) * unit for n in size})
+            raise ValueError(
+                f"the model input {size[0]}x{size[1]} (image_size, or patch_size with patches) must be a "
+                f"multiple of {unit} on both sides (feature stride {stride}, token cell {cell}); nearest "
+                f"valid sides: {', '.join(map(str, near))}"
+            )
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "tokenizer"):
-            raise ValueError("RLESegModule needs an rleseg DataModule (it provides the tokenizer)")
-        self.attach_tokenizer(dm.tokenizer)
-        if self.model.decoder.anchor_proj is not None:
-            self._configure_anchor(dm.tokenizer)
-        if stage == "fit" and self.hparams.position_init:
-            # Runs before Lightning restores a checkpoint, so a resumed run keeps its trained weights.
-            self._init_position_tokens(dm.tokenizer)
+        if self.tokenizer is None:
+            raise ValueError(
+                "RLESegModule has no tokenizer: its data_info names none. Build it with "
+                "DataInfo.from_datamodule(dm) (the CLI does), or call attach_tokenizer(tokenizer)"
+            )
 
     @staticmethod
     def _start_ranges(tokenizer: Tokenizer) -> list[Any]:
@@ -461,13 +557,19 @@ class RLESegModule(SegModuleBase):
         self.model.decoder.configure_anchor(ranges[0].lo, index + offset)
 
     def attach_tokenizer(self, tokenizer: Tokenizer) -> None:
-        """Use ``tokenizer`` for decoding and build the per-token loss weights from its vocabulary."""
+        """Use ``tokenizer`` for decoding, build the per-token loss weights from its vocabulary, and set
+        up what depends on its vocabulary (run anchors; start-token positions when ``position_init``)."""
         if tokenizer.vocab_size != self.info.vocab_size:
             raise ValueError(
                 f"tokenizer vocabulary ({tokenizer.vocab_size}) differs from the model's "
                 f"({self.info.vocab_size}); was the checkpoint trained with another tokenizer configuration?"
             )
         self.tokenizer = tokenizer
+        if self.model.decoder.anchor_proj is not None:
+            self._configure_anchor(tokenizer)
+        if self.hparams.position_init:
+            # at construction, before Lightning restores a checkpoint: a resumed run keeps its weights
+            self._init_position_tokens(tokenizer)
         w = torch.ones(self.info.vocab_size)
         w[PAD] = self.hparams.pad_weight
         w[EOS] = self.hparams.eos_weight
@@ -479,19 +581,24 @@ class RLESegModule(SegModuleBase):
             self.val_diag = TokenDiagnostics(tokenizer, self.num_classes).to(self.token_weight.device)
             self.test_diag = TokenDiagnostics(tokenizer, self.num_classes).to(self.token_weight.device)
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
+    def on_train_start(self) -> None:
         self._check_truncation()
 
-    def _check_truncation(self) -> None:
-        """Fail before training when ``max_seq_len`` cuts too many training sequences."""
-        loader = self.trainer.datamodule.train_dataloader()
-        flags, runs = [], []
-        for i, batch in enumerate(loader):
-            flags.append(batch["truncated"].cpu())
-            runs.append(batch["num_runs"].cpu())
-            if i >= 3:
-                break
+    def _check_truncation(self, samples: int = 64) -> None:
+        """Fail before training when ``max_seq_len`` cuts too many training sequences.
+
+        Reads the first ``samples`` items of the training set the trainer holds, by index: the loader's
+        sampler (and so the order of a resumed run) is left alone.
+        """
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None or not hasattr(dataset, "__len__"):
+            return
+        items = [dataset[i] for i in range(min(samples, len(dataset)))]
+        if not items or "truncated" not in items[0]:
+            return
+        flags = [torch.as_tensor(item["truncated"]).reshape(1) for item in items]
+        runs = [torch.as_tensor(item["num_runs"]).reshape(1) for item in items]
         truncated = torch.cat(flags).float().mean().item()
         if truncated > self.hparams.max_truncated_fraction:
             need = int(torch.cat(runs).float().quantile(0.95).item()) * self.tokenizer.tokens_per_run + 2
@@ -616,11 +723,10 @@ class RLESegModule(SegModuleBase):
         """Grid-patch origins when the DataModule evaluates whole images patch by patch, else None."""
         if "patch_origins" in batch:
             return batch["patch_origins"][0].cpu().numpy()
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        size = getattr(dm, "patch_size", None)
+        size = self.info.patch_size
         if size is None or tuple(batch["image"].shape[-2:]) == tuple(size):
             return None
-        return cut_patches(batch["image"][0], size, dm.patch_stride)[1]
+        return cut_patches(batch["image"][0], size, self.info.patch_stride or size)[1]
 
     def _model_inputs(self, batch: dict[str, Any], origins: np.ndarray | None) -> torch.Tensor:
         if origins is None:

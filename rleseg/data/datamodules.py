@@ -181,6 +181,9 @@ class _SegDataModule(LightningDataModule):
         self.tokenizer_args = dict(tokenizer_args or {})
         self.max_seq_len = int(max_seq_len)
         self.tokenizer = self._make_tokenizer(self._label_shape(self.input_size))
+        # how to rebuild it (the model saves this in its checkpoint: rleseg.module.DataInfo)
+        self.tokenizer_spec = {"name": self.tokenizer.name, "args": dict(self._tokenizer_cfg)}
+        self.ignore_index = getattr(self.source, "ignore_index", None)
         self.task = self.tokenizer.task
         self.vocab_size = int(self.tokenizer.vocab_size)
         need = min_sequence_length(self.tokenizer)
@@ -239,7 +242,10 @@ class _SegDataModule(LightningDataModule):
             cfg.pop("max_run", None)  # a run limit chosen for the patch width need not suit the whole frame
             cfg["max_seq_len"] = None
         try:
-            return cls(**cfg)
+            tokenizer = cls(**cfg)
+            if not whole_frame:
+                self._tokenizer_cfg = cfg
+            return tokenizer
         except (TypeError, ValueError) as err:
             raise DataError(f"cannot build tokenizer {name!r} with {cfg}: {err}") from err
 
