@@ -227,6 +227,9 @@ class PanopticMetrics(PanopticQuality):
         allow_unknown_preds_category: see above.
         return_per_class: ``compute()`` also returns ``pq_per_class``, ``sq_per_class``, ``rq_per_class``
             (NaN for a category never seen) in the order of ``categories`` (things, then stuffs, sorted).
+        ignore_index: a *class* value: target pixels whose class (``id // label_divisor``) is
+            ``ignore_index`` are void (the data sources write void as ``ignore_index * label_divisor``),
+            negative values included; None: none. It must be neither a thing nor a stuff.
         **kwargs: ``torchmetrics.Metric`` options.
 
     >>> m = PanopticMetrics(things=[1], stuffs=[2])
@@ -234,6 +237,13 @@ class PanopticMetrics(PanopticQuality):
     >>> m.update(gt, gt)
     >>> {k: float(v) for k, v in m.compute().items()}
     {'pq': 1.0, 'sq': 1.0, 'rq': 1.0}
+
+    Void target pixels (``ignore_index``) count neither as a miss nor as a false segment:
+
+    >>> m = PanopticMetrics(things=[1], stuffs=[2], ignore_index=255)
+    >>> m.update(torch.tensor([[[1001, 1001], [2000, 2000]]]), torch.tensor([[[1001, 255000], [2000, 2000]]]))
+    >>> float(m.compute()["pq"])
+    1.0
     """
 
     def __init__(
@@ -243,6 +253,7 @@ class PanopticMetrics(PanopticQuality):
         label_divisor: int = 1000,
         allow_unknown_preds_category: bool = True,
         return_per_class: bool = False,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -256,6 +267,9 @@ class PanopticMetrics(PanopticQuality):
         if label_divisor < 1:
             raise MetricInputError(f"label_divisor must be >= 1; got {label_divisor}")
         self.label_divisor = label_divisor
+        if ignore_index is not None and (ignore_index in self.things or ignore_index in self.stuffs):
+            raise MetricInputError(f"ignore_index {ignore_index} is a thing or stuff category")
+        self.ignore_index = ignore_index
         self.per_class = return_per_class
         self.categories = sorted(self.things) + sorted(self.stuffs)
 
@@ -276,6 +290,10 @@ class PanopticMetrics(PanopticQuality):
             raise MetricInputError(
                 f"preds and target differ in shape: {tuple(preds.shape)} vs {tuple(target.shape)}"
             )
+        if self.ignore_index is not None and not target.is_floating_point():
+            void = target.div(self.label_divisor, rounding_mode="floor") == self.ignore_index
+            # torchmetrics' own void: a category that is neither thing nor stuff, left out of PQ
+            target = target.masked_fill(void, int(self.void_color[0]) * self.label_divisor)
         super().update(self.to_pairs(preds), self.to_pairs(target))
 
     def compute(self) -> dict[str, Tensor]:

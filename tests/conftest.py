@@ -137,3 +137,121 @@ def data_png_folder(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``data_png_folder(**kw)`` writes a folder dataset under a fresh temporary path."""
     counter = iter(range(1000))
     return lambda **kw: write_png_folder(tmp_path / f"folder{next(counter)}", **kw)
+
+
+#: the classes of the synthetic VOC / labelme exports (background + 3), each drawn in its own colour
+EXPORT_CLASSES = ["background", "red_square", "green_square", "blue_square"]
+_EXPORT_COLOURS = np.array([(40, 40, 40), (220, 50, 50), (50, 200, 60), (60, 80, 230)], np.uint8)
+
+
+def _voc_palette() -> list[int]:
+    """Pascal VOC's 256-colour label palette (index 255, void, is (224, 224, 192))."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _export_sample(
+    rng: np.random.Generator, index: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image of 1-3 coloured squares on grey (colour = class) and its clean class mask; class
+    ``index % 3 + 1`` is always present, so every class occurs in any 3 consecutive samples."""
+    h, w = size
+    mask = np.zeros(size, np.int32)
+    others = [c for c in (1, 2, 3) if c != index % 3 + 1]
+    for c in [index % 3 + 1, *others[: int(rng.integers(0, 3))]]:
+        s = int(rng.integers(12, 22))
+        y, x = int(rng.integers(2, h - s - 2)), int(rng.integers(2, w - s - 2))
+        mask[y : y + s, x : x + s] = c
+    noise = rng.integers(-12, 13, size=(h, w, 3))
+    image = np.clip(_EXPORT_COLOURS[mask].astype(np.int32) + noise, 0, 255).astype(np.uint8)
+    return image, mask
+
+
+def _save_palette_png(mask: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im.putpalette(_voc_palette())
+    im.save(path)
+
+
+def write_voc_export(
+    root: Path, n_train: int = 8, n_val: int = 4, size: tuple[int, int] = (64, 64), seed: int = 0
+) -> Path:
+    """A Pascal VOC style export: ``JPEGImages/*.jpg``, palette PNG masks in ``SegmentationClass/``
+    (palette index = class id) whose object outlines are void (255, 2 px wide, as in VOC),
+    ``ImageSets/Segmentation/{train,val,trainval}.txt``, ``class_names.txt`` (``EXPORT_CLASSES``), and
+    two detection-only images without a mask (not samples)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    stems = [f"2007_{i:06d}" for i in range(n_train + n_val)]
+    h, w = size
+    for i, stem in enumerate(stems):
+        image, mask = _export_sample(rng, i, size)
+        pad = np.pad(mask, 1, mode="edge")
+        edge = np.zeros(size, bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                edge |= pad[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] != mask
+        Image.fromarray(image).save(root / "JPEGImages" / f"{stem}.jpg", quality=95)
+        _save_palette_png(np.where(edge, 255, mask), root / "SegmentationClass" / f"{stem}.png")
+    for k in range(2):  # detection-only images
+        Image.fromarray(_export_sample(rng, k, size)[0]).save(root / "JPEGImages" / f"2008_{k:06d}.jpg")
+    sets = root / "ImageSets" / "Segmentation"
+    (sets / "train.txt").write_text("".join(f"{s}\n" for s in stems[:n_train]))
+    (sets / "val.txt").write_text("".join(f"{s}\n" for s in stems[n_train:]))
+    (sets / "trainval.txt").write_text("".join(f"{s}\n" for s in stems))
+    (root / "class_names.txt").write_text("\n".join(EXPORT_CLASSES) + "\n")
+    return root
+
+
+def write_labelme_export(root: Path, n: int = 20, size: tuple[int, int] = (64, 64), seed: int = 1) -> Path:
+    """A labelme ``labelme2voc.py`` export: ``JPEGImages/*.jpg``, ``SegmentationClass/*.npy`` (int32 class
+    ids, -1 = ``__ignore__``), ``SegmentationClassPNG/*.png`` (palette PNG, -1 written as 255),
+    ``SegmentationClassVisualization/`` and ``class_names.txt`` (``__ignore__``, ``_background_``, then
+    the 3 classes of ``EXPORT_CLASSES``). No split lists: the folder source splits it by its seeded shuffle
+    (``val_fraction`` 0.2 of 20 samples: 16 train, 4 val). Every even sample has an 8×8 ignore region."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassPNG", "SegmentationClassVisualization"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        stem = f"img_{i:03d}"
+        image, mask = _export_sample(rng, i, size)
+        if i % 2 == 0:
+            y, x = int(rng.integers(0, size[0] - 8)), int(rng.integers(0, size[1] - 8))
+            mask[y : y + 8, x : x + 8] = -1
+        Image.fromarray(image).save(root / "JPEGImages" / f"{stem}.jpg", quality=95)
+        np.save(root / "SegmentationClass" / f"{stem}.npy", mask.astype(np.int32))
+        _save_palette_png(mask.astype(np.uint8), root / "SegmentationClassPNG" / f"{stem}.png")  # -1 -> 255
+        Image.fromarray(image).save(root / "SegmentationClassVisualization" / f"{stem}.jpg")
+    names = ["__ignore__", "_background_", *EXPORT_CLASSES[1:]]
+    (root / "class_names.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+@pytest.fixture
+def voc_export(tmp_path: Path) -> Path:
+    """A synthetic Pascal VOC export (64×64, 8 train + 4 val listed in ImageSets, 3 classes +
+    background, 255 void outlines); see :func:`write_voc_export`."""
+    return write_voc_export(tmp_path / "voc")
+
+
+@pytest.fixture
+def labelme_export(tmp_path: Path) -> Path:
+    """A synthetic labelme export (64×64, 20 samples: 16 train + 4 val by the folder source's default
+    split, 3 classes + background, -1 / 255 ignore regions); see :func:`write_labelme_export`."""
+    return write_labelme_export(tmp_path / "labelme")

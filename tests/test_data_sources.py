@@ -23,6 +23,16 @@ def test_registry_lists_sources_and_rejects_unknown_names_and_knobs() -> None:
         create_source("composites", canvass=64)
 
 
+def test_void_is_none_by_default_and_left_out_of_pixel_counts() -> None:
+    from rleseg.data.sources.base import SourceSplit, class_pixel_counts
+
+    assert create_source("composites").ignore_index is None and SourceSplit.ignore_index is None
+    semantic = np.array([[0, 1, 255], [2, 255, 1]])
+    assert class_pixel_counts(semantic, 3, ignore_index=255).tolist() == [1, 2, 1]
+    with pytest.raises(DataError, match=r"class id 255 outside 0\.\.2"):
+        class_pixel_counts(semantic, 3)
+
+
 def test_data_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("RLESEG_DATA_DIR", raising=False)
     assert resolve_data_dir() == Path("data_cache")

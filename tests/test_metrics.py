@@ -103,6 +103,39 @@ def test_ignore_index_leaves_pixels_out_of_both_sides():
     assert scores["dice"][0, 1].item() == 1.0  # the predicted 1 under the ignored pixel does not count
 
 
+def test_segmentation_metrics_skip_void_and_still_reject_unknown_classes():
+    target = torch.tensor([[[1, 255, 0], [2, 255, 0]]])
+    preds = torch.tensor([[[1, 2, 0], [2, 1, 0]]])  # wrong only under the void pixels
+    plain = SegmentationMetrics(3, ignore_index=255)
+    plain.update(preds, target)
+    out = plain.compute()
+    assert out["mean_dice"].item() == 1.0 and out["mean_iou"].item() == 1.0
+    cm = ConfusionMatrix(3, ignore_index=255)
+    cm.update(preds, target)
+    assert int(cm.compute().sum()) == 4  # void pixels counted nowhere
+    for metric in (SegmentationMetrics(3, ignore_index=255), ConfusionMatrix(3, ignore_index=255)):
+        with pytest.raises(MetricInputError, match=r"outside 0..2 \(ignore_index=255\)"):
+            metric.update(preds, torch.tensor([[[1, 255, 0], [7, 255, 0]]]))  # 7: unknown, not void
+        with pytest.raises(MetricInputError, match="outside 0..2"):
+            metric.update(torch.full((1, 2, 3), 255), target)  # predictions are never void
+
+
+def test_panoptic_metrics_leave_void_target_pixels_out():
+    gt = torch.tensor([[[1001, 1001, 1001, 1001], [2000, 2000, 255000, 255000]]])
+    pred = torch.tensor([[[1001, 1001, 1001, 1001], [2000, 2000, 1002, 1002]]])  # a segment on void
+    metric = PanopticMetrics(things=[1], stuffs=[2], ignore_index=255)
+    metric.update(pred, gt)
+    assert {k: float(v) for k, v in metric.compute().items()} == {"pq": 1.0, "sq": 1.0, "rq": 1.0}
+    negative = PanopticMetrics(things=[1], stuffs=[2], ignore_index=-1)
+    negative.update(pred, torch.where(gt == 255000, -1000, gt))  # labelme's -1 class: -1 * 1000
+    assert float(negative.compute()["pq"]) == 1.0
+    strict = PanopticMetrics(things=[1], stuffs=[2])
+    strict.update(pred, gt)  # class 255 is neither thing nor stuff: torchmetrics' void anyway
+    assert float(strict.compute()["pq"]) == 1.0
+    with pytest.raises(MetricInputError, match="ignore_index 2 is a thing or stuff"):
+        PanopticMetrics(things=[1], stuffs=[2], ignore_index=2)
+
+
 def test_batched_updates_equal_one_update():
     gen = torch.Generator().manual_seed(3)
     preds = torch.randint(0, 3, (6, 7, 7), generator=gen)

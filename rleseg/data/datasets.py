@@ -4,6 +4,12 @@ Everything random about a sample (patch jitter, augmentation) is drawn from a ge
 ``(seed, sample index, draw)``, where ``draw`` counts the epochs (see :class:`EpochSampler`). A sample is
 therefore identical in any worker process and for any number of workers, and differs from epoch to epoch.
 Tokenization happens here, in the workers (``tokenizer.encode_sequence``).
+
+Void pixels (a source's ``ignore_index``, e.g. VOC's 255; see :mod:`rleseg.data.sources.base`): a token
+sequence covers every pixel of the mask (runs cannot skip pixels), so the tokens are encoded from the mask
+with void set to 0 (background), and ``token_mask`` is that mask subsampled, i.e. exactly what the ground-
+truth tokens decode to (no void in it). The label-resolution ``mask`` keeps the void value, so that the
+metrics (``ignore_index``) and a dense loss (``ignore_index``) leave those pixels out.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from rleseg.data.errors import DataError
 from rleseg.data.patches import cut_patches, jitter_origin, patch_origins
-from rleseg.data.sources.base import SourceSplit
+from rleseg.data.sources.base import LABEL_DIVISOR, SourceSplit
 from rleseg.data.sources.folder import IMAGE_EXTENSIONS, list_images, read_image
 from rleseg.data.transforms import Augmenter, normalize, resize_clip
 
@@ -165,6 +171,14 @@ class SegDataset(Dataset):
         seed: base seed of all per-sample randomness.
         limit: keep the first ``limit`` items.
         full_tokenizer: ``shape -> tokenizer`` for the whole-frame token mask in patched evaluation.
+        ignore_index: the void value of the semantic labels; None (default): the split's own
+            (``split.ignore_index``). Void is ``ignore_index`` in semantic labels and
+            ``ignore_index * LABEL_DIVISOR`` in panoptic ones (their class is ``ignore_index``).
+
+    Items: ``image``, ``index``, ``mask`` (labels at label resolution, void kept), ``tokens``,
+    ``truncated``, ``num_runs`` and ``token_mask`` (from the labels with void as background; see the module
+    docstring), or in patched evaluation ``token_mask`` and ``patch_*``; video items add ``clip`` and
+    ``frame_ids``.
     """
 
     def __init__(
@@ -184,8 +198,10 @@ class SegDataset(Dataset):
         seed: int = 0,
         limit: int | None = None,
         full_tokenizer: Callable[[tuple[int, ...]], Any] | None = None,
+        ignore_index: int | None = None,
     ) -> None:
         self.split, self.tokenizer, self.labels = split, tokenizer, labels
+        self.ignore_index = ignore_index if ignore_index is not None else getattr(split, "ignore_index", None)
         self.frames, self.train, self.image_size, self.seed = frames, train, image_size, int(seed)
         self.patch_size, self.patch_stride, self.patch_jitter = patch_size, patch_stride, int(patch_jitter)
         self.augmenter = augmenter if train and augmenter else None
@@ -240,6 +256,7 @@ class SegDataset(Dataset):
             image, labels = image[0], labels[0]
         out: dict[str, Any] = {"image": torch.from_numpy(normalize(image)), "index": torch.tensor(index)}
         out["mask"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        labels = self.without_void(labels)  # what the tokens describe: void as background
         try:
             if self.patch_size is not None and not self.train:
                 out.update(self._patched_targets(labels))
@@ -257,6 +274,19 @@ class SegDataset(Dataset):
             out["clip"] = torch.tensor(item.sequence, dtype=torch.int64)
             out["frame_ids"] = torch.arange(item.start, item.start + T, dtype=torch.int64)
         return out
+
+    def void(self, labels: np.ndarray) -> np.ndarray | None:
+        """Where ``labels`` are void (bool, same shape), or None where nothing is."""
+        if self.ignore_index is None:
+            return None
+        classes = labels // LABEL_DIVISOR if self.labels == "panoptic" else labels
+        void = classes == self.ignore_index
+        return void if void.any() else None
+
+    def without_void(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` with void pixels set to 0 (background): what a token sequence can describe."""
+        void = self.void(labels)
+        return labels if void is None else np.where(void, 0, labels).astype(labels.dtype)
 
     def _patched_targets(self, labels: np.ndarray) -> dict[str, torch.Tensor]:
         """Whole-frame token mask plus the token sequences of every grid patch (evaluation with patches)."""

@@ -2,8 +2,10 @@
 
 Augmentation is applied jointly to the image and its label map, with one set of random parameters for
 every frame of a clip (albumentations' ``images``/``masks`` targets), nearest interpolation for labels
-(label values are first mapped to compact ids, so panoptic ids survive any transform exactly), and a seed
-per sample so that a sample is the same in any worker. It is off for evaluation.
+(label values are first mapped to compact ids, so panoptic ids and void values such as 255 survive any
+transform exactly), and a seed per sample so that a sample is the same in any worker. It is off for
+evaluation. Pixels a transform brings in from outside the frame (affine, rotation) are label 0
+(background), whatever labels the sample holds.
 
 The YAML config (the DataModules' ``augment`` argument; every key optional)::
 
@@ -153,7 +155,12 @@ class Augmenter:
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Augment frames ``[T, H, W, 3]`` uint8 and labels ``[T, H, W]`` int with one parameter draw."""
-        values, compact = np.unique(labels, return_inverse=True)
+        unique, inverse = np.unique(labels, return_inverse=True)
+        # compact ids with label 0 first: transforms fill with compact 0, which must mean background
+        # (not the smallest label of the sample, e.g. a void -1 or a foreground class)
+        nonzero = unique != 0
+        values = np.concatenate([np.zeros(1, unique.dtype), unique[nonzero]])
+        compact = np.where(nonzero, np.cumsum(nonzero), 0)[inverse.reshape(-1)]
         dtype = np.uint8 if len(values) <= 256 else np.uint16
         if len(values) > 65536:
             raise DataError(f"{len(values)} distinct labels in one sample; at most 65536 can be augmented")

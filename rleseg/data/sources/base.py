@@ -9,6 +9,11 @@ frame), video DataModules for ``split(name, video=True)`` and cut windows of T f
 Labels of a frame are a semantic map (class ids, 0 = background) and, where the source has instances, a
 panoptic map ``class * LABEL_DIVISOR + instance`` (instance 0 = stuff / no instance), as in torchmetrics.
 
+A source may mark pixels *void* (unlabelled: VOC's 255 borders, labelme's ``__ignore__``): its
+``ignore_index`` (None for a source without void) is then the value of those pixels in the semantic map,
+and ``ignore_index * LABEL_DIVISOR`` in the panoptic map (so ``panoptic // LABEL_DIVISOR`` is the semantic
+map, void included). Void is not a class: it does not count in ``num_classes``.
+
 >>> from rleseg.data.sources import list_sources
 >>> "composites" in list_sources()
 True
@@ -66,7 +71,13 @@ class Clip:
 
 
 class SourceSplit(ABC):
-    """One split of a source: ``len()`` sequences, each ``num_frames(i)`` frames of ``frame_shape(i)``."""
+    """One split of a source: ``len()`` sequences, each ``num_frames(i)`` frames of ``frame_shape(i)``.
+
+    ``ignore_index`` is the source's void value (None: no void pixels), so that a dataset built on a
+    split alone knows which label pixels are void.
+    """
+
+    ignore_index: int | None = None
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -105,6 +116,8 @@ class Source(ABC):
     install_hint: ClassVar[str] = ""
     has_video: ClassVar[bool] = False
     has_instances: ClassVar[bool] = False
+    #: the semantic-map value of void pixels (not a class; see the module docstring); None: no void
+    ignore_index: int | None = None
 
     def __init__(self, data_dir: str | None = None, seed: int = 0) -> None:
         self.data_dir = resolve_data_dir(data_dir)
@@ -213,9 +226,16 @@ def create_source(name: str, **cfg: object) -> Source:
         raise DataError(f"bad arguments for source {name!r}: {err}; it takes {params}") from err
 
 
-def class_pixel_counts(semantic: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels of each class id in ``semantic`` (int64 ``[num_classes]``); raises on an unknown id."""
+def class_pixel_counts(semantic: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Pixels of each class id in ``semantic`` (int64 ``[num_classes]``), void (``ignore_index``) pixels
+    left out; raises on an unknown id.
+
+    >>> class_pixel_counts(np.array([[0, 1], [255, 1]]), 2, ignore_index=255).tolist()
+    [1, 2]
+    """
     flat = np.asarray(semantic).ravel()
+    if ignore_index is not None:
+        flat = flat[flat != ignore_index]
     if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
         bad = flat[(flat < 0) | (flat >= num_classes)][0]
         raise DataError(f"class id {int(bad)} outside 0..{num_classes - 1}")
@@ -228,13 +248,15 @@ def summarize(source: Source, *, max_sequences: int = 500, video: bool = False) 
     By default the image view (one frame per sequence: what the image DataModules train on);
     ``video=True`` summarises the clips. Frequencies are computed over the first ``max_sequences``
     sequences of each split, which is exact for the small real sources and a sample for generated ones
-    (reported as ``sampled``).
+    (reported as ``sampled``). Frequencies are over labelled pixels; ``void_fraction`` is the share of
+    void pixels (0 for a source without void).
     """
     out: dict = {
         "source": source.name,
         "num_classes": source.num_classes,
         "class_names": source.class_names,
         "thing_classes": source.thing_classes,
+        "ignore_index": source.ignore_index,
         "splits": {},
     }
     for name in SPLITS:
@@ -242,11 +264,12 @@ def summarize(source: Source, *, max_sequences: int = 500, video: bool = False) 
         n = len(split)
         take = min(n, max_sequences)
         counts = np.zeros(source.num_classes, dtype=np.int64)
-        frames = 0
+        frames = pixels = 0
         shapes: set[tuple[int, int]] = set()
         for i in range(take):
             clip = split.load(i)
-            counts += class_pixel_counts(clip.semantic, source.num_classes)
+            counts += class_pixel_counts(clip.semantic, source.num_classes, source.ignore_index)
+            pixels += clip.semantic.size
             frames += clip.semantic.shape[0]
             shapes.add(clip.semantic.shape[1:])
         out["splits"][name] = {
@@ -255,5 +278,6 @@ def summarize(source: Source, *, max_sequences: int = 500, video: bool = False) 
             "shapes": sorted(shapes),
             "sampled": take,
             "class_pixel_freq": (counts / max(1, counts.sum())).tolist(),
+            "void_fraction": float(1.0 - counts.sum() / pixels) if pixels else 0.0,
         }
     return out

@@ -1,6 +1,10 @@
 """Users' own data: a folder of images (or clips) and masks (DATA.md §4).
 
-Layout (``root`` is the ``root`` argument)::
+The folder (``root``) holds one of three layouts (looked for in this order):
+
+1. Split folders: ``root/train/{images,masks}``, ``root/val/...`` (and optionally ``root/test/...``).
+2. One folder: ``root/images`` + ``root/masks``, split by a seeded shuffle (``val_fraction`` to
+   validation)::
 
     root/classes.yaml            classes: [background, cell, debris]   # index = class id
                                  things: [cell]                        # names or ids; default none
@@ -10,9 +14,29 @@ Layout (``root`` is the ``root`` argument)::
     root/images/clip1/0001.png   a clip: one subfolder of frames ...
     root/masks/clip1/0001.png    ... and one of masks, frame for frame
 
-Splits: ``root/train/{images,masks}``, ``root/val/...`` (and optionally ``root/test/...``) when present,
-else the one ``root/images`` folder split by a seeded shuffle (``val_fraction`` to validation). Test falls
-back to validation. ``classes.json`` works like ``classes.yaml``; ``classes=`` overrides both.
+3. A Pascal VOC or labelme (``labelme2voc.py``) export, read as it is::
+
+    root/JPEGImages/a.jpg                 the images
+    root/SegmentationClass/a.png          VOC: palette PNG, palette index = class id, 255 = void
+    root/SegmentationClass/a.npy          labelme: int32 class ids, -1 = void (__ignore__)
+    root/SegmentationClassPNG/a.png       labelme: palette PNG, 255 = void
+    root/class_names.txt                  one name per line, line i = class i (labelme: see below)
+    root/ImageSets/Segmentation/train.txt optional: the stems of each split (val.txt, test.txt)
+
+   Masks are read from the first of ``SegmentationClass/``, ``SegmentationClassPNG/`` that holds any;
+   the samples are the masks (an image without a mask, as VOC's detection-only ones, is not a sample).
+   labelme's ``class_names.txt`` starts with ``__ignore__`` (its -1 label: void, not a class) and
+   ``_background_`` (class 0, named ``background`` here). Without ``ImageSets/Segmentation/train.txt``
+   the masks are split by the seeded shuffle of layout 2.
+
+Test falls back to validation. Classes come from ``classes=``, else ``classes.yaml``/``classes.yml``/
+``classes.json``, else ``class_names.txt``.
+
+Void: mask pixels equal to ``ignore_label`` (default 255, VOC's void; in panoptic masks, pixels whose class
+``id // 1000`` is ``ignore_label``) and pixels equal to -1 (labelme's ignore) are void: not a class, never
+an "unknown class" error. They hold ``ignore_label`` in the semantic map and ``ignore_label * 1000`` in the
+panoptic map; ``source.ignore_index`` says which value (None with ``ignore_label=None``: no void, and 255 is
+a class id like any other).
 
 Bad data (a corrupt or truncated file, a mask whose size differs from its image, an unknown class id, a
 clip with a missing frame) raises :class:`~rleseg.data.errors.DataError` naming the file. With
@@ -51,6 +75,15 @@ __all__ = ["FolderSource", "IMAGE_EXTENSIONS", "list_images", "read_image", "rea
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".npy")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
+#: labelme's / VOC's class list: one name per line
+CLASS_NAMES_TXT = "class_names.txt"
+#: the mask folders of a VOC / labelme export, in the order they are looked for
+VOC_MASK_DIRS = ("SegmentationClass", "SegmentationClassPNG")
+LAYOUTS = (
+    "train/images/ + val/images/ (and masks/)",
+    "images/ + masks/",
+    "a VOC/labelme export: JPEGImages/ + SegmentationClass/ or SegmentationClassPNG/",
+)
 
 
 def _pil_errors() -> tuple[type[BaseException], ...]:
@@ -150,12 +183,44 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _find_mask(folder: Path, stem: str) -> Path | None:
-    for ext in MASK_EXTENSIONS:
+def _find_mask(folder: Path, stem: str, extensions: tuple[str, ...] = MASK_EXTENSIONS) -> Path | None:
+    for ext in extensions:
         p = folder / f"{stem}{ext}"
         if p.is_file():
             return p
     return None
+
+
+def _mask_files(folder: Path) -> list[Path]:
+    """Mask files directly inside ``folder``, one per stem (the first of MASK_EXTENSIONS), by stem."""
+    if not folder.is_dir():
+        return []
+    by_stem: dict[str, Path] = {}
+    rank = {ext: i for i, ext in enumerate(MASK_EXTENSIONS)}
+    for p in folder.iterdir():
+        ext = p.suffix.lower()
+        if p.is_file() and ext in rank:
+            old = by_stem.get(p.stem)
+            if old is None or rank[ext] < rank[old.suffix.lower()]:
+                by_stem[p.stem] = p
+    return [by_stem[k] for k in sorted(by_stem)]
+
+
+def read_class_names_txt(path: Path) -> list[str]:
+    """Class names from a ``class_names.txt`` (line i = class i). labelme's leading ``__ignore__`` (its -1
+    label) is void, not a class, and is dropped; its ``_background_`` (class 0) is named ``background``."""
+    try:
+        names = [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    names = [n for n in names if n]
+    if names and names[0] == "__ignore__":
+        names = names[1:]
+    if names and names[0] == "_background_":
+        names[0] = "background"
+    if "__ignore__" in names:
+        raise DataError(f"{path}: __ignore__ must be the first line (labelme's -1 label), not a class")
+    return names
 
 
 @dataclass
@@ -184,7 +249,10 @@ class FolderSource(Source):
         classes: class names (index = id, 0 = background); default from ``root/classes.yaml|json``.
         things: thing classes (names or ids); default from the classes file, else none.
         panoptic: masks hold ``class * 1000 + instance``; default from the classes file, else False.
-        val_fraction: share of a flat (unsplit) folder that goes to validation.
+        val_fraction: share of a flat (unsplit) folder, or of an export without split lists, that goes
+            to validation.
+        ignore_label: the mask value of void pixels (default 255, VOC's void); -1 is void too. None: no
+            void (255 is then a class id like any other).
         on_error: ``"raise"`` (default) or ``"skip"`` bad samples (counted and warned about).
         validate: decode every file once when a split is first built (needed for ``on_error="skip"``);
             with False, bad files raise when a sample is loaded.
@@ -193,7 +261,8 @@ class FolderSource(Source):
     """
 
     install_hint = (
-        "create the folder as described in rleseg.data.sources.folder (images/, masks/, classes.yaml)"
+        "create the folder as described in rleseg.data.sources.folder (images/, masks/, classes.yaml), "
+        "or point root at a VOC/labelme export (JPEGImages/, SegmentationClass/, class_names.txt)"
     )
     has_instances = True
 
@@ -204,6 +273,7 @@ class FolderSource(Source):
         things: list[str | int] | None = None,
         panoptic: bool | None = None,
         val_fraction: float = 0.2,
+        ignore_label: int | None = 255,
         on_error: str = "raise",
         validate: bool = True,
         seed: int = 0,
@@ -222,15 +292,25 @@ class FolderSource(Source):
         if not self.root.is_dir():
             raise DataError(f"folder source root {self.root} does not exist")
         self.on_error, self.validate, self.val_fraction = on_error, bool(validate), float(val_fraction)
+        self.layout = self._detect_layout()
         meta = self._read_class_file() if classes is None or things is None or panoptic is None else {}
         names = classes if classes is not None else meta.get("classes")
         if not names:
             raise DataError(
                 f"no classes for folder {self.root}: pass classes=[...] or write "
                 f"{self.root / 'classes.yaml'} like:\n"
-                "  classes: [background, cell]\n  things: [cell]\n  panoptic: false"
+                "  classes: [background, cell]\n  things: [cell]\n  panoptic: false\n"
+                f"(or {self.root / CLASS_NAMES_TXT}: one class name per line, line i = class i)"
             )
         self._class_names = [str(n) for n in names]
+        if ignore_label is not None and not isinstance(ignore_label, int | np.integer):
+            raise DataError(f"ignore_label must be an integer or None, got {ignore_label!r}")
+        self.ignore_index = None if ignore_label is None else int(ignore_label)
+        if self.ignore_index is not None and 0 <= self.ignore_index < len(self._class_names):
+            raise DataError(
+                f"ignore_label={self.ignore_index} is a class id of the {len(self._class_names)} classes; "
+                f"pass ignore_label=None (no void) or a value outside 0..{len(self._class_names) - 1}"
+            )
         thing_list = things if things is not None else meta.get("things", [])
         self._things = sorted({self._class_id(t) for t in thing_list})
         self.panoptic = bool(panoptic if panoptic is not None else meta.get("panoptic", False))
@@ -261,6 +341,9 @@ class FolderSource(Source):
                         f"{path} must hold a mapping with a 'classes' list, got {type(data).__name__}"
                     )
                 return data
+        txt = self.root / CLASS_NAMES_TXT
+        if txt.is_file():
+            return {"classes": read_class_names_txt(txt)}
         return {}
 
     def _class_id(self, thing: str | int) -> int:
@@ -287,6 +370,11 @@ class FolderSource(Source):
 
     def peek_shape(self) -> tuple[int, int] | None:
         """(H, W) of the first training image, from its header; None when the folder holds none."""
+        if self.layout == "voc":
+            for seq in self._voc_sequences("train")[0]:
+                if seq.images:
+                    return read_image_shape(seq.images[0])
+            return None
         dirs = self._split_dirs()
         folder = (dirs["train"] if dirs else self.root) / "images"
         images = list_images(folder)
@@ -302,6 +390,63 @@ class FolderSource(Source):
                 self.split(split, video=video)
 
     # ------------------------------------------------------------------ scanning
+    def _detect_layout(self) -> str:
+        """``"splits"``, ``"flat"`` or ``"voc"`` (see the module docstring); a folder matching none raises."""
+        if (self.root / "train" / "images").is_dir():
+            return "splits"
+        if (self.root / "images").is_dir():
+            return "flat"
+        if (self.root / "JPEGImages").is_dir():
+            if self._voc_mask_dir() is None:
+                raise DataError(
+                    f"{self.root} has JPEGImages/ but no masks in "
+                    f"{' or '.join(d + '/' for d in VOC_MASK_DIRS)} (a VOC/labelme export needs them)"
+                )
+            return "voc"
+        raise DataError(
+            f"{self.root} matches no folder layout; looked for {'; '.join(LAYOUTS)} "
+            "(see rleseg.data.sources.folder)"
+        )
+
+    def _voc_mask_dir(self) -> Path | None:
+        for name in VOC_MASK_DIRS:
+            if _mask_files(self.root / name):
+                return self.root / name
+        return None
+
+    def _voc_sequences(self, split: str) -> tuple[list[_Sequence], bool]:
+        """The samples of a VOC/labelme export for ``split``, and whether they still need the seeded
+        train/val shuffle (no ``ImageSets/Segmentation`` lists)."""
+        mask_dir, image_dir = self._voc_mask_dir(), self.root / "JPEGImages"
+        assert mask_dir is not None
+        sets = self.root / "ImageSets" / "Segmentation"
+        if not (sets / "train.txt").is_file():
+            out = []
+            for m in _mask_files(mask_dir):
+                img = _find_mask(image_dir, m.stem, IMAGE_EXTENSIONS)
+                problem = None if img else f"no image for mask {m} (expected {image_dir / m.stem}.jpg)"
+                out.append(_Sequence(m.stem, [img] if img else [], [m], problem=problem))
+            return out, True
+        if not (sets / "val.txt").is_file():
+            raise DataError(f"{sets} has train.txt but no val.txt")
+        listed = sets / f"{split}.txt"
+        if not listed.is_file():
+            listed = sets / "val.txt"
+        try:
+            stems = [line.split()[0] for line in listed.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"cannot read {listed}: {err}") from err
+        out = []
+        for stem in stems:
+            img, m = _find_mask(image_dir, stem, IMAGE_EXTENSIONS), _find_mask(mask_dir, stem)
+            problem = None
+            if img is None:
+                problem = f"{listed} lists {stem!r} but {image_dir} has no image {stem}.jpg"
+            elif m is None:
+                problem = f"no mask for {img} (expected {mask_dir / stem}.png)"
+            out.append(_Sequence(stem, [img] if img else [], [m] if m else [], problem=problem))
+        return out, False
+
     def _split_dirs(self) -> dict[str, Path] | None:
         if (self.root / "train" / "images").is_dir():
             dirs = {s: self.root / s for s in SPLITS if (self.root / s / "images").is_dir()}
@@ -310,11 +455,14 @@ class FolderSource(Source):
             return dirs
         if not (self.root / "images").is_dir():
             raise DataError(
-                f"{self.root} has neither images/ nor train/images/ (see rleseg.data.sources.folder)"
+                f"{self.root} matches no folder layout; looked for {'; '.join(LAYOUTS)} "
+                "(see rleseg.data.sources.folder)"
             )
         return None
 
     def _has_clips(self) -> bool:
+        if self.layout == "voc":
+            return False
         dirs = self._split_dirs()
         for base in dirs.values() if dirs else [self.root]:
             if any(p.is_dir() for p in (base / "images").iterdir()):
@@ -396,36 +544,53 @@ class FolderSource(Source):
                 f"image {image_path} is {shape[0]}x{shape[1]}"
             )
         n = len(self._class_names)
-        semantic = raw // LABEL_DIVISOR if self.panoptic else raw
-        if raw.size and (raw.min() < 0 or semantic.max() >= n):
-            bad = int(semantic.max()) if semantic.max() >= n else int(raw.min())
+        classes = raw // LABEL_DIVISOR if self.panoptic else raw
+        ignore = self.ignore_index
+        void = None
+        if ignore is not None:
+            void = (classes == ignore) | (raw == -1)
+            if not void.any():
+                void = None
+        raw_ok, cls_ok = (raw, classes) if void is None else (raw[~void], classes[~void])
+        if raw_ok.size and (raw_ok.min() < 0 or cls_ok.max() >= n):
+            bad = int(cls_ok.max()) if cls_ok.max() >= n else int(raw_ok.min())
             kind = "panoptic id class" if self.panoptic else "class id"
-            raise DataError(f"mask {mask_path} holds {kind} {bad}, outside 0..{n - 1} ({self._class_names})")
-        panoptic = raw if self.panoptic else None
-        return semantic.astype(np.int32), panoptic
+            void_note = "" if ignore is None else f"; void pixels are {ignore} or -1"
+            raise DataError(
+                f"mask {mask_path} holds {kind} {bad}, outside 0..{n - 1} ({self._class_names}){void_note}"
+            )
+        semantic = classes.astype(np.int32)
+        panoptic = raw.astype(np.int32) if self.panoptic else None
+        if void is not None:
+            semantic[void] = ignore
+            if panoptic is not None:
+                panoptic[void] = ignore * LABEL_DIVISOR
+        return semantic, panoptic
 
     def scan(self, split: str, video: bool) -> list[_Sequence]:
         """The usable sequences of ``split``, validated once and cached; bad ones raise or are skipped."""
         key = (split, video)
         if key in self._scanned:
             return self._scanned[key]
-        dirs = self._split_dirs()
-        if dirs is not None:
-            seqs = self._sequences(dirs.get(split, dirs["val"]), video)
+        if self.layout == "voc":
+            if video:
+                raise DataError(f"{self.root} is a VOC/labelme export of images; it holds no clips")
+            seqs, shuffle = self._voc_sequences(split)
         else:
-            seqs = self._sequences(self.root, video)
-            if seqs:
-                rng = np.random.default_rng(self.seed)
-                order = rng.permutation(len(seqs))
-                n_val = int(round(self.val_fraction * len(seqs)))
-                if self.val_fraction > 0 and n_val == 0:
-                    n_val = 1
-                if n_val >= len(seqs) and split == "train":
-                    raise DataError(
-                        f"{self.root}: val_fraction={self.val_fraction} leaves no training samples"
-                    )
-                chosen = order[n_val:] if split == "train" else order[:n_val]
-                seqs = [seqs[i] for i in sorted(chosen)]
+            dirs = self._split_dirs()
+            shuffle = dirs is None
+            base = self.root if dirs is None else dirs.get(split, dirs["val"])
+            seqs = self._sequences(base, video)
+        if shuffle and seqs:
+            rng = np.random.default_rng(self.seed)
+            order = rng.permutation(len(seqs))
+            n_val = int(round(self.val_fraction * len(seqs)))
+            if self.val_fraction > 0 and n_val == 0:
+                n_val = 1
+            if n_val >= len(seqs) and split == "train":
+                raise DataError(f"{self.root}: val_fraction={self.val_fraction} leaves no training samples")
+            chosen = order[n_val:] if split == "train" else order[:n_val]
+            seqs = [seqs[i] for i in sorted(chosen)]
         good, skipped = [], []
         for seq in seqs:
             problem = self._check_sequence(seq)
@@ -469,6 +634,7 @@ class FolderSource(Source):
 class _FolderSplit(SourceSplit):
     def __init__(self, source: FolderSource, sequences: list[_Sequence]) -> None:
         self.source, self.sequences = source, sequences
+        self.ignore_index = source.ignore_index
 
     def __len__(self) -> int:
         return len(self.sequences)
