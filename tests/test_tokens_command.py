@@ -153,3 +153,67 @@ def test_pluggable_mask_source(capsys):
     assert tokens_command.run(args, source=two_squares) == 0
     out = capsys.readouterr().out
     assert table(out)["runs p50/p95/max"] == ["4 / 4 / 4"]
+
+
+def test_cli_image_size_and_crop_match_resized_and_cropped_masks(tmp_path, capsys):
+    masks = np.stack(list(synthetic_masks(3, (24, 24), 3, seed=4)))
+    np.save(tmp_path / "m.npy", masks)
+    np.save(tmp_path / "big.npy", masks.repeat(2, axis=1).repeat(2, axis=2))  # nearest 2x = repeat
+    np.save(tmp_path / "mid.npy", masks[:, 4:20, 4:20])
+    base = ["tokens", "stats", "-t", "mc", "-t", "lac", "--subsample", "2"]
+    outs = {}
+    for key, extra in {
+        "resized": ["--masks", str(tmp_path / "m.npy"), "--image-size", "48", "48"],
+        "big": ["--masks", str(tmp_path / "big.npy")],
+        "cropped": ["--masks", str(tmp_path / "m.npy"), "--crop", "16", "16"],
+        "mid": ["--masks", str(tmp_path / "mid.npy")],
+        "both": ["--masks", str(tmp_path / "m.npy"), "--image-size", "48", "48", "--crop", "16", "16"],
+        "synthetic": ["--synthetic", "2", "--shape", "40", "40", "--image-size", "20", "20"],
+    }.items():
+        assert main(base + extra) == 0
+        outs[key] = capsys.readouterr().out
+    assert outs["resized"] == outs["big"] and outs["cropped"] == outs["mid"]
+    assert table(outs["both"])["masks"] == ["3", "3"] and table(outs["synthetic"])["masks"] == ["2", "2"]
+    assert main(base + ["--masks", str(tmp_path / "m.npy"), "--crop", "30", "30"]) == 2
+    assert "--crop 30 30 is larger than mask 0 (24x24); add --image-size" in capsys.readouterr().err
+
+
+def test_cli_masks_of_different_sizes_need_image_size(tmp_path, capsys):
+    from PIL import Image
+
+    for name, size in (("a", 24), ("b", 32)):
+        Image.fromarray(next(synthetic_masks(1, (size, size), 3, seed=1))).save(tmp_path / f"{name}.png")
+    assert main(["tokens", "stats", "--masks", str(tmp_path)]) == 2
+    assert "mask 1 is 32x32, mask 0 is 24x24; pass --image-size H W" in capsys.readouterr().err
+    assert main(["tokens", "stats", "--masks", str(tmp_path), "--image-size", "32", "32"]) == 0
+    assert table(capsys.readouterr().out)["masks"] == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("export", "folder"), [("voc_export", "SegmentationClass"), ("labelme_export", "SegmentationClass")]
+)
+def test_cli_reads_export_masks_with_void(export, folder, request, capsys):
+    root = request.getfixturevalue(export)
+    argv = ["tokens", "stats", "--masks", str(root / folder), "--num-classes", "4", "-t", "lac"]
+    assert main(argv) == 0  # VOC's palette PNGs with 255, labelme's .npy with -1
+    rows = table(capsys.readouterr().out)
+    assert rows["Dice ceiling"] == ["1.0000"]  # void is encoded as background and not scored
+    assert 0.0 < float(rows["void pixels"][0].rstrip("%")) < 50.0
+    assert main([*argv, "--image-size", "32", "32", "--subsample", "2"]) == 0
+    assert float(table(capsys.readouterr().out)["Dice ceiling"][0]) < 1.0
+    if export == "voc_export":
+        assert main([*argv, "--ignore-label", "none"]) == 2
+        assert "class id 255 >= num_classes 4" in capsys.readouterr().err
+    assert main([*argv, "--ignore-label", "2"]) == 2
+    assert "--ignore-label 2 is a class id of --num-classes 4" in capsys.readouterr().err
+
+
+def test_token_stats_leave_void_out_of_the_ceiling():
+    mask = np.zeros((8, 8), np.int32)
+    mask[2:6, 2:6] = 1
+    mask[0, :] = 255
+    tok = create_tokenizer("mc", num_classes=2, shape=(8, 8))
+    s = token_stats([mask], tok, ignore_index=255)
+    assert s.dice_ceiling == 1.0 and s.void_fraction == 8 / 64 and s.runs[0] == 4  # void row: background
+    with pytest.raises(ValueError, match="255"):
+        token_stats([mask], tok)  # without ignore_index 255 is an unknown class

@@ -38,7 +38,16 @@ import numpy as np
 
 from rleseg.data.errors import DataError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Augmenter", "denormalize", "normalize", "resize_clip"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Augmenter",
+    "center_crop",
+    "denormalize",
+    "normalize",
+    "resize_clip",
+    "resize_labels",
+]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -67,6 +76,36 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
+def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Nearest (centre-aligned) resize of label maps ``[..., H, W]`` to ``size`` (h, w): every value, void
+    and panoptic ids included, stays exactly what it was (the rule of :func:`resize_clip`).
+
+    >>> resize_labels(np.array([[0, 255], [1, 2]]), (4, 4))[0].tolist()
+    [0, 0, 255, 255]
+    """
+    h, w = (int(v) for v in size)
+    H, W = labels.shape[-2:]
+    if (H, W) == (h, w):
+        return labels
+    rows, cols = _nearest_index(H, h), _nearest_index(W, w)
+    return labels[..., rows[:, None], cols[None, :]]
+
+
+def center_crop(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """The centre ``size`` (h, w) of label maps ``[..., H, W]`` (the larger half of an odd margin at the
+    bottom / right).
+
+    >>> center_crop(np.arange(16).reshape(4, 4), (2, 2)).tolist()
+    [[5, 6], [9, 10]]
+    """
+    h, w = (int(v) for v in size)
+    H, W = labels.shape[-2:]
+    if h > H or w > W or h < 1 or w < 1:
+        raise DataError(f"cannot crop {h}x{w} out of a {H}x{W} mask")
+    y, x = (H - h) // 2, (W - w) // 2
+    return labels[..., y : y + h, x : x + w]
+
+
 def resize_clip(image: np.ndarray, labels: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Resize frames ``[T, H, W, 3]`` (area/linear) and labels ``[T, H, W]`` (nearest) to ``size`` (h, w).
 
@@ -82,8 +121,7 @@ def resize_clip(image: np.ndarray, labels: np.ndarray, size: Sequence[int]) -> t
         return image, labels
     interp = cv2.INTER_AREA if h <= H and w <= W else cv2.INTER_LINEAR
     out = np.stack([cv2.resize(frame, (w, h), interpolation=interp) for frame in image])
-    rows, cols = _nearest_index(H, h), _nearest_index(W, w)
-    return out.reshape(len(image), h, w, 3), labels[:, rows[:, None], cols[None, :]]
+    return out.reshape(len(image), h, w, 3), resize_labels(labels, (h, w))
 
 
 class Augmenter:

@@ -88,6 +88,7 @@ class TokenStats:
     dice_ceiling: float  # mean foreground Dice of the token-resolution round trip, upsampled
     dice_truncated: float | None  # the same through the truncated sequence (max_seq_len set)
     class_dice: dict[int, float] = field(default_factory=dict)
+    void_fraction: float = 0.0  # share of void pixels (encoded as background, not scored)
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for a side-by-side table."""
@@ -107,6 +108,8 @@ class TokenStats:
         ]
         if self.dice_truncated is not None:
             rows.append(("Dice ceiling, truncated", f"{self.dice_truncated:.4f}"))
+        if self.void_fraction:
+            rows.append(("void pixels", f"{100 * self.void_fraction:.1f}%"))
         return rows
 
 
@@ -118,7 +121,10 @@ class DiceAccumulator:
         self.total = np.zeros(num_classes)
         self.count = np.zeros(num_classes, dtype=np.int64)
 
-    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+    def update(self, pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add one image; ``valid`` (bool, same shape) leaves the other pixels (void) out."""
+        if valid is not None:
+            pred, truth = np.asarray(pred)[valid], np.asarray(truth)[valid]
         n = self.num_classes
         joint = np.bincount(truth.ravel().astype(np.int64) * n + pred.ravel(), minlength=n * n).reshape(n, n)
         tp = np.diag(joint).astype(np.float64)
@@ -143,25 +149,48 @@ def _metric_labels(tokenizer: Tokenizer, labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def token_stats(masks: Iterable[np.ndarray], tokenizer: Tokenizer) -> TokenStats:
+def void_pixels(tokenizer: Tokenizer, mask: np.ndarray, ignore_index: int | None) -> np.ndarray | None:
+    """Where ``mask`` is void: its class (panoptic: ``id // 1000``) is ``ignore_index``, or it is -1
+    (labelme's ignore); None where nothing is (or ``ignore_index`` is None)."""
+    if ignore_index is None:
+        return None
+    mask = np.asarray(mask)
+    classes = mask // IDS_PER_CLASS if tokenizer.task == "panoptic" else mask
+    void = (classes == ignore_index) | (mask == -1)
+    return void if void.any() else None
+
+
+def token_stats(
+    masks: Iterable[np.ndarray], tokenizer: Tokenizer, *, ignore_index: int | None = None
+) -> TokenStats:
     """Runs and tokens per mask, vocabulary, truncation at ``tokenizer.max_seq_len`` and the round-trip
     fidelity at token resolution: each mask is encoded, decoded, upsampled (nearest) to full resolution
-    and compared with the full-resolution mask (mean foreground Dice: the metric ceiling of SPEC §8)."""
+    and compared with the full-resolution mask (mean foreground Dice: the metric ceiling of SPEC §8).
+
+    Void pixels (``ignore_index``, see :func:`void_pixels`) are encoded as background, as the training
+    data does (a token sequence cannot skip pixels), and left out of the Dice ceiling."""
     binary = getattr(tokenizer, "max_label", None) == 1
     classes = 2 if binary else tokenizer.num_classes
     exact, truncated_dice = DiceAccumulator(classes), DiceAccumulator(classes)
     runs, lengths, truncated = [], [], []
+    pixels = voids = 0
     for mask in masks:
+        void = void_pixels(tokenizer, mask, ignore_index)
+        pixels += np.size(mask)
+        voids += 0 if void is None else int(void.sum())
+        valid = None if void is None else ~void
+        if void is not None:
+            mask = np.where(void, 0, mask)
         truth = _metric_labels(tokenizer, mask)
         if binary:
             truth = (truth > 0).astype(np.uint8)
         content = tokenizer.encode(mask)
         decoded = tokenizer.decode(content)
-        exact.update(_metric_labels(tokenizer, upsample(decoded, tokenizer.shape)), truth)
+        exact.update(_metric_labels(tokenizer, upsample(decoded, tokenizer.shape)), truth, valid)
         sequence, cut, num_runs = tokenizer.encode_sequence(mask)
         if tokenizer.max_seq_len is not None:
             kept = tokenizer.decode_report(sequence, strict=True).mask
-            truncated_dice.update(_metric_labels(tokenizer, upsample(kept, tokenizer.shape)), truth)
+            truncated_dice.update(_metric_labels(tokenizer, upsample(kept, tokenizer.shape)), truth, valid)
         runs.append(num_runs)
         lengths.append(content.size + 2)
         truncated.append(cut)
@@ -183,6 +212,7 @@ def token_stats(masks: Iterable[np.ndarray], tokenizer: Tokenizer) -> TokenStats
         dice_ceiling=exact.mean(),
         dice_truncated=truncated_dice.mean() if tokenizer.max_seq_len is not None else None,
         class_dice=exact.per_class(),
+        void_fraction=voids / pixels if pixels else 0.0,
     )
 
 
