@@ -13,5 +13,14 @@ True
 
 from rleseg.tokenizers import create_tokenizer, list_tokenizers, register_tokenizer
 
-__all__ = ["create_tokenizer", "list_tokenizers", "register_tokenizer", "__version__"]
+__all__ = ["create_tokenizer", "list_tokenizers", "load_segmenter", "register_tokenizer", "__version__"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # load_segmenter needs torch: imported on first use so that `import rleseg` stays numpy-only
+    if name == "load_segmenter":
+        from rleseg.inference import load_segmenter
+
+        return load_segmenter
+    raise AttributeError(f"module 'rleseg' has no attribute {name!r}")

@@ -14,10 +14,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rleseg.callbacks import RandomState
 from rleseg.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
-from rleseg.module import DataInfo
+from rleseg.module import MODEL_CLASSES, DataInfo
 
 #: Model classes a checkpoint may name when the configuration names none.
-ALLOWED_MODEL_CLASSES = ("rleseg.module.RLESegModule", "rleseg.module.DenseSegModule")
+ALLOWED_MODEL_CLASSES = tuple(MODEL_CLASSES)
 #: Settings of how a trained model is evaluated, not of what it is: with ``--ckpt_path`` the config's and
 #: the command line's values apply; every other model setting comes from the checkpoint.
 RUNTIME_SETTINGS = frozenset(
@@ -40,7 +40,9 @@ def _plain(value: Any) -> Any:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``masks/NAME.png`` (class ids, 8- or 16-bit) and ``overlays/NAME.png`` for ``rleseg predict``.
+    """Writes ``masks/NAME.png`` (class ids, 8- or 16-bit; panoptic ids beyond 16 bits as ``.npy``) and
+    ``overlays/NAME.png`` for ``rleseg predict``, at each input's own size. Video clips are written per
+    frame (``masks/CLIP/FRAME.png``), each frame once (overlapping windows are voted per frame).
 
     Args:
         output_dir: where to write; defaults to ``<log dir>/predictions``.
@@ -49,6 +51,14 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_dir: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.written = 0
+        self.root: Path | None = None
+
+    def _root(self, trainer: Trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.written, self.root = 0, self._root(trainer)
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
@@ -57,22 +67,36 @@ class PredictionWriter(BasePredictionWriter):
 
         from rleseg.visualize import overlay
 
-        root = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
-        (root / "masks").mkdir(parents=True, exist_ok=True)
-        (root / "overlays").mkdir(parents=True, exist_ok=True)
-        masks, images = prediction["mask"], prediction["image"].numpy()
-        paths = prediction.get("path") or [f"{batch_idx:05d}_{i:03d}" for i in range(len(masks))]
+        root = self._root(trainer)
         num_classes = pl_module.num_classes
-        for i, (mask, name) in enumerate(zip(masks, paths, strict=True)):
-            stem = Path(str(name)).stem
-            frames = mask if mask.ndim == 3 else mask[None]
-            clip = images[i] if images.ndim == 5 else images[i][None]
-            for t, frame in enumerate(frames):
-                suffix = f"_t{t:02d}" if len(frames) > 1 else ""
-                dtype = np.uint8 if frame.max() < 256 else np.uint16
-                Image.fromarray(frame.astype(dtype)).save(root / "masks" / f"{stem}{suffix}.png")
-                over = overlay(clip[min(t, len(clip) - 1)], frame, num_classes)
-                Image.fromarray((over * 255).astype(np.uint8)).save(root / "overlays" / f"{stem}{suffix}.png")
+        for item in prediction:
+            masks, raws = item["mask"], item["raw"]
+            video = masks.ndim == 3
+            if not video:
+                masks, raws = masks[None], raws[None]
+            clip = Path(item["path"]).name if video else ""
+            for frame_path, mask, raw in zip(item["frames"], masks, raws, strict=True):
+                name = str(Path(clip) / Path(frame_path).stem)
+                for kind in ("masks", "overlays"):
+                    (root / kind / name).parent.mkdir(parents=True, exist_ok=True)
+                if mask.max() < 2**16 and mask.min() >= 0:
+                    dtype = np.uint8 if mask.max() < 256 else np.uint16
+                    Image.fromarray(mask.astype(dtype)).save(root / "masks" / f"{name}.png")
+                else:
+                    np.save(root / "masks" / f"{name}.npy", mask)
+                semantic = mask // pl_module.info.label_divisor if pl_module.info.task == "panoptic" else mask
+                over = overlay(raw.astype(np.float32) / 255.0, semantic, num_classes)
+                Image.fromarray((over * 255).astype(np.uint8)).save(root / "overlays" / f"{name}.png")
+                self.written += 1
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            root = self._root(trainer)
+            print(
+                f"rleseg predict: wrote {self.written} masks to {root / 'masks'} and {self.written} "
+                f"overlays to {root / 'overlays'}",
+                file=sys.stderr,
+            )
 
 
 def _default_loggers() -> list[dict[str, Any]]:
@@ -133,6 +157,11 @@ class RlesegCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        if subcommand == "predict" and not ckpt_path and not self.config[subcommand].get("allow_untrained"):
+            raise CheckpointError(
+                "predict needs the trained model: pass --ckpt_path runs/NAME/version_K/checkpoints/"
+                "best-....ckpt (or last.ckpt); --allow_untrained true predicts with untrained weights"
+            )
         if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc", "registry"):
             return
         hparams = dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {})
@@ -218,3 +247,9 @@ class RlesegCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_argument(
+            "--allow_untrained",
+            type=bool,
+            default=False,
+            help="predict without --ckpt_path, i.e. with untrained weights (refused otherwise)",
+        )

@@ -226,6 +226,15 @@ class SegModuleBase(LightningModule):
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         self._score(batch, batch_idx, stage, self.predict_masks(batch))
 
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
+        """Masks at each input's own size for a list of raw images / clips (:mod:`rleseg.data.predict`),
+        prepared as the training data was (:class:`rleseg.inference.Segmenter`: resize, tiles, windows)."""
+        from rleseg.inference import Segmenter
+
+        if getattr(self, "_segmenter", None) is None:
+            self._segmenter = Segmenter(self, device=self.device)
+        return [{**item, "mask": self._segmenter.predict(item["raw"])} for item in batch]
+
     def _semantic(self, labels: torch.Tensor) -> torch.Tensor:
         """Class ids of label maps: panoptic ``class * label_divisor + instance`` ids divided out."""
         return labels // self.info.label_divisor if self.info.task == "panoptic" else labels
@@ -822,10 +831,6 @@ class RLESegModule(SegModuleBase):
                 self.log(f"{stage}/diag/{key}", v)
             diag.reset()
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        out = self.predict_masks(batch)
-        return {"mask": out["mask"].cpu().numpy(), "path": batch.get("path"), "image": batch["image"].cpu()}
-
 
 class DenseSegModule(SegModuleBase):
     """The dense baseline: a segmentation head on the same timm backbone, pixel cross-entropy.
@@ -946,6 +951,9 @@ class DenseSegModule(SegModuleBase):
             self.log(f"{stage}/token_grid_dice_mean", grid.compute()["mean_dice"])
             grid.reset()
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        out = self.predict_masks(batch)
-        return {"mask": out["mask"].cpu().numpy(), "path": batch.get("path"), "image": batch["image"].cpu()}
+
+#: The LightningModules a checkpoint may name (``_class_path``): nothing else is ever instantiated from one.
+MODEL_CLASSES: dict[str, type[SegModuleBase]] = {
+    "rleseg.module.RLESegModule": RLESegModule,
+    "rleseg.module.DenseSegModule": DenseSegModule,
+}

@@ -250,8 +250,12 @@ def test_predict_dataloader_reads_a_folder_of_images(data_fashion_dir: Path, dat
         batch_size=2,
     )
     batch = next(iter(dm.predict_dataloader()))
-    assert set(batch) == {"image", "index", "path"}
-    assert batch["image"].shape == (2, 3, 48, 48) and batch["path"][0].endswith("img000.png")
+    # one raw image per batch, as on disk (any size): rleseg.inference prepares it as training did
+    assert isinstance(batch, list) and len(batch) == 1
+    item = batch[0]
+    assert set(item) == {"raw", "index", "path", "frames"}
+    assert item["raw"].dtype == np.uint8 and item["raw"].ndim == 3 and item["raw"].shape[-1] == 3
+    assert item["path"].endswith("img000.png") and item["frames"] == [item["path"]]
 
 
 def test_a_png_folder_trains_through_lightning(data_png_folder: Callable[..., Path], tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ Batches (dicts of tensors; ``[T]`` only for video):
   :func:`rleseg.data.patches.cut_patches`). The module cuts the image with ``cut_patches(image,
   dm.patch_size, dm.patch_stride)`` and stitches the decoded patches with
   ``stitch_patches(preds, origins, token_mask.shape[-2:], scale=s)``.
-* predict: ``image``, ``index`` and ``path`` (list of str) from the images in ``predict_path``.
+* predict: lists of items (``raw`` uint8 images or clips as on disk, ``path``, ``frames``) from
+  ``predict_path``, one per batch; :class:`rleseg.inference.Segmenter` prepares them (see
+  :mod:`rleseg.data.predict`).
 
 >>> from rleseg.data import ImageSegDataModule
 >>> dm = ImageSegDataModule(source="composites", tokenizer="lac", max_seq_len=128,
@@ -42,8 +44,9 @@ from typing import Any, ClassVar
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from rleseg.data.datasets import EpochSampler, PredictDataset, ResumableDataLoader, SegDataset, collate
+from rleseg.data.datasets import EpochSampler, ResumableDataLoader, SegDataset, collate
 from rleseg.data.errors import DataError
+from rleseg.data.predict import PredictDataset, collate_items
 from rleseg.data.sources.base import LABEL_DIVISOR, Source, create_source
 from rleseg.data.transforms import Augmenter
 
@@ -298,12 +301,7 @@ class _SegDataModule(LightningDataModule):
                 raise DataError(
                     "predict needs predict_path (a folder of images; clips as subfolders for video)"
                 )
-            return PredictDataset(
-                self.predict_path,
-                frames=self.frames if self.is_video else 0,
-                stride=self.eval_stride,
-                image_size=self.image_size,
-            )
+            return PredictDataset(self.predict_path, video=self.is_video)
         train = split == "train"
         data = self.source.split(split, video=self.is_video)
         if self.patch_size is None and self.image_size is None:
@@ -334,6 +332,8 @@ class _SegDataModule(LightningDataModule):
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test", "predict": "predict"}[split])
         ds = self.datasets[split]
+        if split == "predict":  # raw images of any size, one at a time (rleseg.inference prepares them)
+            return DataLoader(ds, batch_size=1, num_workers=self.num_workers, collate_fn=collate_items)
         return (ResumableDataLoader if split == "train" else DataLoader)(
             ds,
             batch_size=self.batch_size,
