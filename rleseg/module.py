@@ -173,14 +173,15 @@ class SegModuleBase(LightningModule):
         # Checkpoints keep it as a plain dict so they load with torch.load(weights_only=True).
         self.info = DataInfo.from_dict(data_info) if isinstance(data_info, dict) else data_info
         self.num_classes = n = self.info.num_classes
-        self.val_metrics = SegmentationMetrics(n)
-        self.test_metrics = SegmentationMetrics(n)
-        self.val_token_metrics = SegmentationMetrics(n)
-        self.test_token_metrics = SegmentationMetrics(n)
-        self.val_ceiling = SegmentationMetrics(n)
-        self.test_ceiling = SegmentationMetrics(n)
+        void = self.info.ignore_index  # void pixels of the targets count for no metric and no loss
+        self.val_metrics = SegmentationMetrics(n, ignore_index=void)
+        self.test_metrics = SegmentationMetrics(n, ignore_index=void)
+        self.val_token_metrics = SegmentationMetrics(n, ignore_index=void)
+        self.test_token_metrics = SegmentationMetrics(n, ignore_index=void)
+        self.val_ceiling = SegmentationMetrics(n, ignore_index=void)
+        self.test_ceiling = SegmentationMetrics(n, ignore_index=void)
         # where the validation pixels go (saved as a picture beside the overlays each epoch)
-        self.val_confusion = ConfusionMatrix(n)
+        self.val_confusion = ConfusionMatrix(n, ignore_index=void)
         # The loss over the whole evaluation set, weighted by what each batch's mean is taken over
         # (tokens, pixels): the same number whatever the batch size or the number of processes.
         self.val_loss = WeightedMean()
@@ -188,8 +189,8 @@ class SegModuleBase(LightningModule):
         if self.info.task == "panoptic":
             things = list(self.info.thing_classes)
             stuffs = [c for c in range(1, n) if c not in set(things)]
-            self.val_pq = PanopticMetrics(things=things, stuffs=stuffs)
-            self.test_pq = PanopticMetrics(things=things, stuffs=stuffs)
+            self.val_pq = PanopticMetrics(things=things, stuffs=stuffs, ignore_index=void)
+            self.test_pq = PanopticMetrics(things=things, stuffs=stuffs, ignore_index=void)
         self._vis: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ optimisation
@@ -234,6 +235,11 @@ class SegModuleBase(LightningModule):
         if getattr(self, "_segmenter", None) is None:
             self._segmenter = Segmenter(self, device=self.device)
         return [{**item, "mask": self._segmenter.predict(item["raw"])} for item in batch]
+
+    @property
+    def _void_target(self) -> int:
+        """``ignore_index`` for ``F.cross_entropy``: the data's void label, or -100 (no pixel is void)."""
+        return -100 if self.info.ignore_index is None else int(self.info.ignore_index)
 
     def _semantic(self, labels: torch.Tensor) -> torch.Tensor:
         """Class ids of label maps: panoptic ``class * label_divisor + instance`` ids divided out."""
@@ -492,8 +498,8 @@ class RLESegModule(SegModuleBase):
         self.val_seq = SequenceStats()
         self.test_seq = SequenceStats()
         # label-resolution Dice of the aux head's argmax (with diagnostics): the visual features' own answer
-        self.val_probe_metrics = SegmentationMetrics(info.num_classes)
-        self.test_probe_metrics = SegmentationMetrics(info.num_classes)
+        self.val_probe_metrics = SegmentationMetrics(info.num_classes, ignore_index=info.ignore_index)
+        self.test_probe_metrics = SegmentationMetrics(info.num_classes, ignore_index=info.ignore_index)
         self.tokenizer: Tokenizer | None = None
         # built with the tokenizer (attach_tokenizer): their fields are its vocabulary's ranges
         self.val_diag: TokenDiagnostics | None = None
@@ -669,7 +675,8 @@ class RLESegModule(SegModuleBase):
         is unchanged: masks still come from generated tokens.
         """
         semantic = self._semantic(mask)
-        return F.cross_entropy(self._aux_logits(memory, tuple(semantic.shape[-2:])), semantic.long())
+        logits = self._aux_logits(memory, tuple(semantic.shape[-2:]))
+        return F.cross_entropy(logits, semantic.long(), ignore_index=self._void_target)
 
     def _aux_logits(self, memory: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The auxiliary head's class logits ``[B, N, H, W]`` at the label size ``size``."""
@@ -893,8 +900,8 @@ class DenseSegModule(SegModuleBase):
         self.test_decode_time = WeightedMean()
         # the dense prediction written at the token grid (subsampled as the tokenizer does, upsampled back):
         # the Dice a token model as good as this dense one per cell would score
-        self.val_grid_metrics = SegmentationMetrics(self.num_classes)
-        self.test_grid_metrics = SegmentationMetrics(self.num_classes)
+        self.val_grid_metrics = SegmentationMetrics(self.num_classes, ignore_index=self.info.ignore_index)
+        self.test_grid_metrics = SegmentationMetrics(self.num_classes, ignore_index=self.info.ignore_index)
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.info.task == "static_video":
@@ -908,7 +915,9 @@ class DenseSegModule(SegModuleBase):
         if logits.ndim == 5:  # video [B, T, N, H, W] -> [B*T, N, H, W]
             logits = logits.flatten(0, 1)
         target = batch["mask"].reshape(-1, *batch["mask"].shape[-2:])
-        return F.cross_entropy(logits.float(), target, weight=self.class_weights)
+        return F.cross_entropy(
+            logits.float(), target, weight=self.class_weights, ignore_index=self._void_target
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
@@ -921,7 +930,8 @@ class DenseSegModule(SegModuleBase):
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         mask = batch["mask"]  # cross_entropy's mean is over pixels, each weighted by its class's weight
-        weight = mask.numel() if self.class_weights is None else self.class_weights[mask].sum()
+        valid = mask[mask != self._void_target]
+        weight = valid.numel() if self.class_weights is None else self.class_weights[valid].sum()
         self._log_loss(stage, self._loss(batch), weight)
         start = time.perf_counter()
         out = self.predict_masks(batch)

@@ -43,15 +43,18 @@ def to_display(image: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
-    """Blend class colours over an image where the mask is foreground."""
+    """Blend class colours over an image where the mask is foreground (void labels, outside
+    ``[0, num_classes)``, in grey)."""
     rgb = to_display(image)
     if rgb.shape[:2] != mask.shape:
         rows = np.arange(mask.shape[0]) * rgb.shape[0] // mask.shape[0]
         cols = np.arange(mask.shape[1]) * rgb.shape[1] // mask.shape[1]
         rgb = rgb[rows[:, None], cols[None, :]]
-    colors = class_colors(max(num_classes, int(mask.max()) + 1))
-    fg = (mask > 0)[..., None]
-    return np.where(fg, (1 - alpha) * rgb + alpha * colors[mask], rgb)
+    void = (mask >= num_classes) | (mask < 0)  # e.g. 255 in VOC-style masks: drawn grey
+    colors = class_colors(num_classes)
+    painted = np.where(void[..., None], 0.5, colors[np.where(void, 0, mask)])
+    fg = ((mask > 0) | void)[..., None]
+    return np.where(fg, (1 - alpha) * rgb + alpha * painted, rgb)
 
 
 def _plain_text(draw: Callable[..., Path]) -> Callable[..., Path]:
