@@ -147,7 +147,7 @@ class Segmenter:
 
     @property
     def is_video(self) -> bool:
-        return self.info.task in ("video", "static_video")
+        return self.module.task.clip
 
     def __repr__(self) -> str:
         return (
@@ -200,7 +200,7 @@ class Segmenter:
     def _tiling(self, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]] | None:
         """(tile, stride) when an image of ``size`` is cut into tiles, else None."""
         tile = tuple(self.info.input_size)
-        if self.info.task == "panoptic":
+        if self.module.task.panoptic:
             return None
         if self.info.patch_size is not None:
             stride = tuple(self.info.patch_stride or tile)

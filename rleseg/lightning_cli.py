@@ -84,7 +84,7 @@ class PredictionWriter(BasePredictionWriter):
                     Image.fromarray(mask.astype(dtype)).save(root / "masks" / f"{name}.png")
                 else:
                     np.save(root / "masks" / f"{name}.npy", mask)
-                semantic = mask // pl_module.info.label_divisor if pl_module.info.task == "panoptic" else mask
+                semantic = pl_module._semantic(mask)
                 over = overlay(raw.astype(np.float32) / 255.0, semantic, num_classes)
                 Image.fromarray((over * 255).astype(np.uint8)).save(root / "overlays" / f"{name}.png")
                 self.written += 1

@@ -27,7 +27,8 @@ from torch._subclasses.fake_tensor import is_fake
 from rleseg.data.patches import cut_patches, stitch_patches
 from rleseg.diagnostics import TokenDiagnostics
 from rleseg.metrics import ConfusionMatrix, PanopticMetrics, SegmentationMetrics, SequenceStats, WeightedMean
-from rleseg.tokenizers.base import EOS, PAD, PROMPTS, Tokenizer
+from rleseg.tasks import get_task
+from rleseg.tokenizers.base import EOS, PAD, Tokenizer
 from rleseg.tokenizers.runs import subsample, upsample
 
 
@@ -172,6 +173,7 @@ class SegModuleBase(LightningModule):
             )
         # Checkpoints keep it as a plain dict so they load with torch.load(weights_only=True).
         self.info = DataInfo.from_dict(data_info) if isinstance(data_info, dict) else data_info
+        self.task = get_task(self.info.task)  # everything task-specific is asked of it (rleseg.tasks)
         self.num_classes = n = self.info.num_classes
         void = self.info.ignore_index  # void pixels of the targets count for no metric and no loss
         self.val_metrics = SegmentationMetrics(n, ignore_index=void)
@@ -186,7 +188,7 @@ class SegModuleBase(LightningModule):
         # (tokens, pixels): the same number whatever the batch size or the number of processes.
         self.val_loss = WeightedMean()
         self.test_loss = WeightedMean()
-        if self.info.task == "panoptic":
+        if self.task.panoptic:
             things = list(self.info.thing_classes)
             stuffs = [c for c in range(1, n) if c not in set(things)]
             self.val_pq = PanopticMetrics(things=things, stuffs=stuffs, ignore_index=void)
@@ -243,12 +245,12 @@ class SegModuleBase(LightningModule):
 
     def _semantic(self, labels: torch.Tensor) -> torch.Tensor:
         """Class ids of label maps: panoptic ``class * label_divisor + instance`` ids divided out."""
-        return labels // self.info.label_divisor if self.info.task == "panoptic" else labels
+        return labels // self.info.label_divisor if self.task.panoptic else labels
 
     def _score(self, batch: dict[str, Any], batch_idx: int, stage: str, out: dict[str, Any]) -> None:
         """Update the metrics (and the overlay samples) with the prediction ``out`` of ``batch``."""
         target = batch["mask"]
-        if self.info.task == "panoptic":
+        if self.task.panoptic:
             getattr(self, f"{stage}_pq").update(out["mask"], target)
         semantic_pred, semantic_target = self._semantic(out["mask"]), self._semantic(target)
         getattr(self, f"{stage}_metrics").update(semantic_pred, semantic_target)
@@ -291,7 +293,7 @@ class SegModuleBase(LightningModule):
                         if not torch.isnan(v):
                             self.log(f"{stage}/{key}_{names[c] if c < len(names) else c}", v)
             metric.reset()
-        if self.info.task == "panoptic":
+        if self.task.panoptic:
             pq = getattr(self, f"{stage}_pq")
             if pq.update_called:
                 for key, v in pq.compute().items():
@@ -407,8 +409,6 @@ class RLESegModule(SegModuleBase):
             validation loss's teacher-forced logits (no extra decoder pass).
     """
 
-    CLASS_FIELDS = ("class", "lac", "tac", "ltac", "stuff_lac", "stuff_class")
-
     def __init__(
         self,
         data_info: DataInfo | dict | None = None,
@@ -457,7 +457,7 @@ class RLESegModule(SegModuleBase):
         from rleseg.models import Pix2Seq
 
         info = self.info
-        model_frames = info.frames if info.task == "video" else 1
+        model_frames = self.task.model_frames(info.frames)
         self.model = Pix2Seq(
             vocab_size=info.vocab_size,
             max_seq_len=info.max_seq_len,
@@ -488,7 +488,7 @@ class RLESegModule(SegModuleBase):
             )
         if aux_dense_weight < 0:
             raise ValueError(f"aux_dense_weight must be >= 0, got {aux_dense_weight}")
-        if aux_dense_weight > 0 and info.task not in ("image", "panoptic"):
+        if aux_dense_weight > 0 and not self.task.single_frame:
             raise ValueError(
                 f"aux_dense_weight is for image and panoptic tasks (the visual tokens of one frame); the "
                 f"data's task is {info.task!r}: set model aux_dense_weight to 0"
@@ -589,7 +589,7 @@ class RLESegModule(SegModuleBase):
         w[PAD] = self.hparams.pad_weight
         w[EOS] = self.hparams.eos_weight
         for r in tokenizer.vocab.ranges:
-            if r.name in self.CLASS_FIELDS:
+            if r.name in tokenizer.class_fields:
                 w[r.lo : r.hi] = self.hparams.class_token_weight
         self.token_weight = w.to(self.token_weight.device)
         if self.hparams.get("diagnostics", True):
@@ -627,7 +627,7 @@ class RLESegModule(SegModuleBase):
     # ------------------------------------------------------------------ training
     def _model_input(self, images: torch.Tensor) -> torch.Tensor:
         # Static video: the model sees frame 0 only but predicts the whole window.
-        if self.info.task == "static_video" and images.ndim == 5:
+        if self.task.first_frame_only and images.ndim == 5:
             return images[:, 0]
         return images
 
@@ -716,7 +716,7 @@ class RLESegModule(SegModuleBase):
         """Generate token sequences for a batch of model inputs (image or clip)."""
         return self.model.generate(
             self._model_input(images),
-            prompt=PROMPTS[self.info.task],
+            prompt=self.task.prompt,
             max_len=self.info.max_seq_len,
             strategy=self.hparams.decoding,
             top_p=self.hparams.top_p,
@@ -726,7 +726,7 @@ class RLESegModule(SegModuleBase):
     def _decode(self, tokens: np.ndarray, probs: np.ndarray | None):
         results = []
         for i, row in enumerate(tokens):
-            if self.info.task == "panoptic" and probs is not None:
+            if self.task.panoptic and probs is not None:
                 results.append(self.tokenizer.decode_report(row, token_probs=probs[i]))
             else:
                 results.append(self.tokenizer.decode_report(row))
@@ -756,17 +756,13 @@ class RLESegModule(SegModuleBase):
         origins = self._patch_origins(batch)
         out = self.generate(self._model_inputs(batch, origins))
         tokens = out.tokens.cpu().numpy()
-        probs = out.probs.float().cpu().numpy() if self.info.task == "panoptic" else None
+        probs = out.probs.float().cpu().numpy() if self.task.panoptic else None
         results = self._decode(tokens, probs)
         token_masks = np.stack([r.mask for r in results]).astype(np.int64)
         if "mask" in batch:
             label_shape = tuple(batch["mask"].shape[1:])
         else:  # predict: no labels; video inputs are [B, T, C, H, W]
-            lead = (
-                tuple(batch["image"].shape[1:2])
-                if self.info.task != "image" and batch["image"].ndim == 5
-                else ()
-            )
+            lead = tuple(batch["image"].shape[1:2]) if self.task.clip and batch["image"].ndim == 5 else ()
             label_shape = (*lead, *batch["image"].shape[-2:])
         if origins is not None:
             s = int(getattr(self.tokenizer, "subsample_factor", 1))
@@ -806,7 +802,7 @@ class RLESegModule(SegModuleBase):
             diag.update_teacher_forced(logits, target)
             tok_pred, tok_target = out["token_mask"], batch.get("token_mask")
             if (
-                self.info.task in ("image", "panoptic")
+                self.task.single_frame
                 and tok_target is not None
                 and tok_target.ndim == 3
                 and tok_pred.shape == tok_target.shape
@@ -869,7 +865,7 @@ class DenseSegModule(SegModuleBase):
         super().__init__(
             data_info, lr, weight_decay, betas, warmup_ratio, min_lr_ratio, num_vis, max_truncated_fraction
         )
-        if self.info.task == "panoptic":
+        if self.task.panoptic:
             raise ValueError("the dense baseline predicts semantic masks; use an image or video DataModule")
         self.save_hyperparameters(ignore=["data_info"])
         self.hparams["data_info"] = asdict(self.info)
@@ -883,7 +879,7 @@ class DenseSegModule(SegModuleBase):
             in_chans=self.info.in_chans,
             feature_stride=feature_stride,
             decoder_channels=decoder_channels,
-            frames=self.info.frames if self.info.task == "video" else 1,
+            frames=self.task.model_frames(self.info.frames),
             backbone_kwargs=backbone_kwargs,
         )
         if class_weights is not None and len(class_weights) != self.num_classes:
@@ -904,7 +900,7 @@ class DenseSegModule(SegModuleBase):
         self.test_grid_metrics = SegmentationMetrics(self.num_classes, ignore_index=self.info.ignore_index)
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        if self.info.task == "static_video":
+        if self.task.first_frame_only and images.ndim == 5:
             # Static video: frame 0 in, the whole window out (the same prediction for every frame).
             logits = self.model(images[:, 0])
             return logits.unsqueeze(1).expand(-1, images.shape[1], -1, -1, -1)

@@ -228,3 +228,28 @@ def test_predict_without_a_checkpoint_says_what_to_pass(tmp_path, monkeypatch, c
     assert err[-2].startswith("rleseg predict: error: predict needs the trained model: pass --ckpt_path")
     assert "--allow_untrained true" in err[-2]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_readme_example_runs(checkpoints, tmp_path, monkeypatch):
+    import doctest
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Use a trained model (Python)")[1].split("```python")[1].split("```")[0]
+    block = block.replace("runs/quickstart/version_0/checkpoints/last.ckpt", str(checkpoints["image"]))
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save("photo.jpg")
+    globs = {"array": np.zeros((30, 40, 3), np.uint8), "pil_image": Image.new("RGB", (20, 10))}
+    test = doctest.DocTestParser().get_doctest(block, globs, "README", "README.md", 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 5
+
+
+def test_load_from_checkpoint_then_predict_masks(checkpoints):
+    from rleseg.module import RLESegModule
+
+    module = RLESegModule.load_from_checkpoint(checkpoints["image"], map_location="cpu").eval()
+    assert module.tokenizer is not None and module.tokenizer.name == "lac"
+    out = module.predict_masks({"image": torch.zeros(2, 3, 64, 64)})
+    assert tuple(out["mask"].shape) == (2, 64, 64)

@@ -380,6 +380,9 @@ class Tokenizer(ABC):
     name: ClassVar[str] = ""
     #: which task prompt (and DataModule) the tokenizer belongs to
     task: ClassVar[Task] = "image"
+    #: names of the vocabulary ranges whose tokens carry the class (weighted by the model's
+    #: ``class_token_weight``); a tokenizer with other field names declares its own
+    class_fields: ClassVar[tuple[str, ...]] = ("class", "lac", "tac", "ltac", "stuff_lac", "stuff_class")
 
     vocab: VocabLayout
     grammar: Grammar
