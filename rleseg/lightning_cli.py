@@ -46,11 +46,14 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output_dir: where to write; defaults to ``<log dir>/predictions``.
+        stitch: how overlapping tiles of a large image are merged: ``vote`` (majority label) or ``last``.
+        overlap: share of a tile (or video window) overlapping its neighbour, where the training data
+            gives no patch stride.
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, stitch: str = "vote", overlap: float = 0.5) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = output_dir
+        self.output_dir, self.stitch, self.overlap = output_dir, stitch, overlap
         self.written = 0
         self.root: Path | None = None
 
@@ -58,7 +61,13 @@ class PredictionWriter(BasePredictionWriter):
         return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from rleseg.inference import Segmenter
+
         self.written, self.root = 0, self._root(trainer)
+        # the module's predict_step prepares each input through this (tiles, windows, resizing)
+        pl_module._segmenter = Segmenter(
+            pl_module, device=pl_module.device, stitch=self.stitch, overlap=self.overlap
+        )
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx

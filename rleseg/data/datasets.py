@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,12 +25,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from rleseg.data.errors import DataError
 from rleseg.data.patches import cut_patches, jitter_origin, patch_origins
 from rleseg.data.sources.base import LABEL_DIVISOR, SourceSplit
-from rleseg.data.sources.folder import IMAGE_EXTENSIONS, list_images, read_image
 from rleseg.data.transforms import Augmenter, normalize, resize_clip
 
 __all__ = [
     "EpochSampler",
-    "PredictDataset",
     "ResumableDataLoader",
     "SegDataset",
     "collate",
@@ -300,58 +297,6 @@ class SegDataset(Dataset):
             "patch_truncated": torch.tensor([bool(e[1]) for e in encoded]),
             "patch_num_runs": torch.tensor([int(e[2]) for e in encoded], dtype=torch.int64),
             "patch_origins": torch.from_numpy(origins),
-        }
-
-
-class PredictDataset(Dataset):
-    """Images (or, with ``frames``, clips as subfolders of frames) from a folder; no masks.
-
-    Items carry ``image``, ``index`` and ``path`` (the image file, or the clip's first frame of the window).
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        frames: int = 0,
-        stride: int | None = None,
-        image_size: tuple[int, int] | None = None,
-    ) -> None:
-        self.root, self.frames, self.image_size = Path(root), frames, image_size
-        if not self.root.is_dir():
-            raise DataError(f"predict_path {self.root} is not a folder")
-        self.items: list[list[Path]] = []
-        if frames:
-            for clip in sorted(p for p in self.root.iterdir() if p.is_dir()):
-                files = list_images(clip)
-                for s in window_starts(len(files), frames, stride or frames, cover_end=True):
-                    self.items.append(files[s : s + frames])
-        else:
-            self.items = [[p] for p in list_images(self.root)]
-        if not self.items:
-            what = (
-                f"clips of >= {frames} frames (subfolders)"
-                if frames
-                else f"images ({', '.join(IMAGE_EXTENSIONS)})"
-            )
-            raise DataError(f"predict_path {self.root} holds no {what}")
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        files = self.items[index]
-        image = np.stack([read_image(p) for p in files])
-        if len({f.shape for f in image}) > 1:
-            raise DataError(f"frames of {files[0].parent} differ in size")
-        if self.image_size is not None:
-            image, _ = resize_clip(image, np.zeros(image.shape[:3], np.int32), self.image_size)
-        if not self.frames:
-            image = image[0]
-        return {
-            "image": torch.from_numpy(normalize(image)),
-            "index": torch.tensor(index),
-            "path": str(files[0]),
         }
 
 
