@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rleseg.callbacks import RandomState
 from rleseg.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
-from rleseg.module import MODEL_CLASSES, DataInfo
+from rleseg.module import MODEL_CLASSES, DataInfo, resolve_preset
 
 #: Model classes a checkpoint may name when the configuration names none.
 ALLOWED_MODEL_CLASSES = tuple(MODEL_CLASSES)
@@ -193,6 +193,8 @@ class RlesegCLI(LightningCLI):
             return
         current = model.get("init_args") if model is not None and config_class == class_path else None
         current = _plain(current) if current is not None else {}
+        if current and "preset" in current:  # compare the sizes the config builds, not its literal values
+            current.update(resolve_preset(current))
         updates: dict[str, Any] = {}
         for key, saved in hparams.items():
             if key in INIT_SETTINGS or key == "data_info":  # data_info: linked from the data, checked on load

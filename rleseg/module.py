@@ -151,6 +151,41 @@ def _plain_args(args: dict[str, Any]) -> dict[str, Any]:
     return {str(k): plain(v) for k, v in args.items()}
 
 
+#: The size options of RLESegModule a preset sets, with the module's own defaults.
+SIZE_DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet18",
+    "feature_stride": 16,
+    "d_model": 256,
+    "encoder_layers": 6,
+    "decoder_layers": 6,
+    "num_heads": 8,
+    "mlp_dim": 1024,
+}
+
+
+def resolve_preset(options: Any) -> dict[str, Any]:
+    """The model sizes that ``options`` (RLESegModule arguments, with ``preset``) build.
+
+    Each size option left at the module's default (:data:`SIZE_DEFAULTS`) takes the preset's value;
+    one set to anything else is kept (``preset: tiny`` + ``mlp_dim: 256`` is tiny with a narrower MLP).
+
+    >>> sizes = resolve_preset({"preset": "tiny", "mlp_dim": 256})
+    >>> sizes["d_model"], sizes["mlp_dim"]
+    (128, 256)
+    """
+    from rleseg.models import Pix2Seq
+
+    get = options.get
+    preset = get("preset")
+    values = {k: get(k, default) for k, default in SIZE_DEFAULTS.items()}
+    if not preset:
+        return values
+    if preset not in Pix2Seq.size_presets:
+        raise ValueError(f"unknown model preset {preset!r}; presets are {sorted(Pix2Seq.size_presets)}")
+    chosen = Pix2Seq.size_presets[preset]
+    return {k: (chosen.get(k, v) if v == SIZE_DEFAULTS[k] else v) for k, v in values.items()}
+
+
 class SegModuleBase(LightningModule):
     """Shared evaluation, logging, visualisation and optimisation of the token and dense modules."""
 
@@ -379,6 +414,9 @@ class RLESegModule(SegModuleBase):
 
     Args:
         data_info: sizes linked from the DataModule by the CLI.
+        preset: a model size of :attr:`rleseg.models.Pix2Seq.size_presets` (``tiny``, ``small``,
+            ``paper``): its backbone, feature stride, width, depths, heads and MLP width replace those
+            options that are left at this module's defaults (see :func:`resolve_preset`).
         backbone, pretrained, weights_path, feature_stride, deep_stride, backbone_kwargs, d_model,
             encoder_layers, decoder_layers, num_heads, mlp_dim, dropout, fusion: see
             :class:`rleseg.models.Pix2Seq`.
@@ -412,6 +450,7 @@ class RLESegModule(SegModuleBase):
     def __init__(
         self,
         data_info: DataInfo | dict | None = None,
+        preset: str | None = None,
         backbone: str = "resnet18",
         pretrained: bool = False,
         weights_path: str | None = None,
@@ -454,6 +493,11 @@ class RLESegModule(SegModuleBase):
             raise ValueError(f"decoding must be 'greedy' or 'top_p', got {decoding!r}")
         self.save_hyperparameters(ignore=["data_info"])
         self.hparams["data_info"] = asdict(self.info)
+        sizes = resolve_preset(self.hparams)  # the checkpoint records the sizes it was built with
+        self.hparams.update(sizes)
+        backbone, feature_stride, d_model = sizes["backbone"], sizes["feature_stride"], sizes["d_model"]
+        encoder_layers, decoder_layers = sizes["encoder_layers"], sizes["decoder_layers"]
+        num_heads, mlp_dim = sizes["num_heads"], sizes["mlp_dim"]
         from rleseg.models import Pix2Seq
 
         info = self.info
