@@ -19,8 +19,8 @@ from rleseg.cli import main
 from rleseg.report import (
     ReportError,
     ReportOptions,
-    _markdown_html,
     load_study,
+    markdown_to_html,
     metric_label,
     pareto_front,
     resolve_storage,
@@ -57,8 +57,7 @@ FIGURES = {
     "best_training_curves.png",
     "best_predictions.png",
     "learning_curves.png",
-    "optimization_history.png",
-    "param_importances.png",
+    "param_importances.png",  # a grid sweep: no optimisation history (its order means nothing)
 }
 SECTIONS = {
     "study": "## Study",
@@ -68,9 +67,8 @@ SECTIONS = {
     "quality-vs-size": "## Quality vs vocabulary size and tokens per mask",
     "pareto": "## Pareto fronts under the memory budgets",
     "learning-curves": "## Learning curves of every trial",
-    "token-diagnostics": "## Token diagnostics",
     "best": "## The best trial",
-    "history": "## Optimisation history and parameter importances",
+    "history": "## Parameter importances",
     "failed": "## Failed trials",
 }
 
@@ -256,7 +254,8 @@ def test_report_top_holds_the_regenerating_command(full_report):
     lines = (out / "report.md").read_text().splitlines()
     assert lines[0] == "# Tiny ablation"
     command = next(line for line in lines[:8] if line.startswith("rleseg report"))
-    assert f"--study {tmp / 'sweep' / 'study.db'}" in command and "--name tiny-cpu" in command
+    assert f"--study {out / 'study.db'}" in command and "--name tiny-cpu" in command  # the kept copy
+    assert (out / "study.db").is_file() and load_study(str(out / "study.db")).study_name == "tiny-cpu"
     assert f"--out {out}" in command and "--title 'Tiny ablation'" in command and "--notes" in command
 
 
@@ -311,7 +310,7 @@ def test_partly_finished_study_says_so(tmp_path: Path):
     result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
     md = result.markdown.read_text()
     assert "This study is **not finished** (1 trial(s) running or queued, 1/4 grid points done)" in md
-    assert "Parameter importances need at least two complete trials; this study has 1." in md
+    assert "## Parameter importances" not in md and "## Optimisation history" not in md  # one point done
     assert "| running |" in md and "## Failed trials" not in md
     names = {p.name for p in result.figures}
     assert "best_per_class.png" in names and "param_importances.png" not in names
@@ -371,8 +370,8 @@ def test_multi_objective_study_without_an_encoding_knob(tmp_path: Path):
     assert "(`val/dice_mean` ↑, `tokens_per_mask_p95` ↓): #0 (subsample=2, max_run=4), #1" in md
     assert "#2 (" not in md.split("Pareto-optimal", 1)[1].split("\n", 1)[0]
     names = {p.name for p in result.figures}
-    assert {"sequence_lengths.png", "optimization_history.png", "param_importances.png"} <= names
-    assert _png_size(tmp_path / "out" / "figures" / "optimization_history.png")[0] > 1000  # two panels
+    assert {"sequence_lengths.png", "param_importances.png"} <= names
+    assert "optimization_history.png" not in names  # a grid sweep: the trials' order means nothing
 
 
 def test_rewriting_removes_stale_figures(tmp_path: Path):
@@ -503,7 +502,8 @@ def _md_rows(text: str) -> list[dict[str, str]]:
 
 def test_learning_curves_group_seeds_into_variants(tmp_path: Path):
     study = make_seeded_study(tmp_path / "sweep")
-    result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
+    options = ReportOptions(trial_roots=[tmp_path / "sweep"], copy_trials=False, copy_study=False)
+    result = write_report(study, tmp_path / "out", options)
     md = result.markdown.read_text()
     assert "learning-curves" in result.sections and "token-diagnostics" in result.sections
     section = _section(md, "Learning curves of every trial")
@@ -561,7 +561,8 @@ def test_learning_curves_without_elapsed_or_a_unique_dense_variant(tmp_path: Pat
 
 def test_token_diagnostics_table_is_the_last_validation_averaged_over_seeds(tmp_path: Path):
     study = make_seeded_study(tmp_path / "sweep")
-    result = write_report(study, tmp_path / "out", ReportOptions(trial_roots=[tmp_path / "sweep"]))
+    options = ReportOptions(trial_roots=[tmp_path / "sweep"], copy_trials=False, copy_study=False)
+    result = write_report(study, tmp_path / "out", options)
     md = result.markdown.read_text()
     section = _section(md, "Token diagnostics")
     assert "*exposure gap* = TF Dice − Dice class-aware" in section and "*probe Dice*" in section
@@ -597,8 +598,8 @@ def test_sections_without_logs_degrade_to_sentences(tmp_path: Path):
         "No trial's validation log with `val/dice_mean` was found: no learning curves (no trial folder: "
         "#0, #1, #2, #3, #4)." in md
     )
-    assert "`rleseg report --copy-trials` copies their logs beside the report" in md
-    assert "No trial's `metrics.csv` holds token diagnostics" in md
+    assert "`rleseg report` copies their logs beside the report when it finds them" in md
+    assert "## Token diagnostics" not in md  # no trial logged any: the section is left out
     names = {p.name for p in result.figures}
     assert "learning_curves.png" not in names and "token_diagnostics.png" not in names
     # A log without val/dice_mean, and an unreadable one, are sentences too.
@@ -620,8 +621,8 @@ def test_copy_trials_then_regenerate_from_the_copies(tmp_path: Path, capsys: pyt
     make_seeded_study(tmp_path / "sweep")
     out = tmp_path / "reports" / "seeded"
     argv = ["report", "--study", str(tmp_path / "sweep" / "study.db"), "--out", str(out)]
-    assert main([*argv, "--copy-trials"]) == 0
-    assert "copied the artifacts of 5 trial(s)" in capsys.readouterr().out
+    assert main(argv) == 0  # copies the study and the trials' artifacts by default
+    assert "and the artifacts of 5 trial(s) in" in capsys.readouterr().out
     runs = tmp_path / "sweep" / "runs"
     for n in range(5):
         copy, src = out / "trials" / f"trial_{n:04d}", runs / f"trial_{n:04d}"
@@ -634,9 +635,8 @@ def test_copy_trials_then_regenerate_from_the_copies(tmp_path: Path, capsys: pyt
         assert (copy / "metrics.csv").read_bytes() == (src / "logs" / "metrics.csv").read_bytes()
     assert not (out / "trials" / "trial_0005").exists()  # the failed trial has no folder
     md = (out / "report.md").read_text()
-    assert next(line for line in md.splitlines() if line.startswith("rleseg report")).endswith(
-        "--copy-trials"
-    )
+    command = next(line for line in md.splitlines() if line.startswith("rleseg report"))
+    assert command.startswith(f"rleseg report --study {out / 'study.db'} --name seeded-cpu")
     assert "its files are in [trials/trial_0002/](trials/trial_0002/)" in md  # the best trial
     assert "| model=dense_c32 | [#0](trials/trial_0000/), [#2](trials/trial_0002/) |" in md
     first = _md_rows(_section(md, "Learning curves of every trial"))
@@ -662,13 +662,15 @@ def test_copy_trials_then_regenerate_from_the_copies(tmp_path: Path, capsys: pyt
         ReportOptions(trial_roots=[committed]),
     )
     md = result.markdown.read_text()
-    assert _md_rows(_section(md, "Learning curves of every trial"))[0]["trials"] == "#0, #2"
+    rows = _md_rows(_section(md, "Learning curves of every trial"))
+    assert rows[0]["trials"] == "[#0](trials/trial_0000/), [#2](trials/trial_0002/)"  # copied there too
+    assert (tmp_path / "other" / "trials" / "trial_0002" / "metrics.csv").is_file()
     assert _md_rows(_section(md, "Learning curves of every trial"))[0]["final Dice (mean)"] == "0.650"
     assert "best_training_curves.png" in {p.name for p in result.figures}
 
 
 def test_find_trial_dir_falls_back_to_committed_copies(tmp_path: Path):
-    from rleseg.report import _find_trial_dir
+    from rleseg.report.study import _find_trial_dir
 
     (tmp_path / "trials" / "trial_0007").mkdir(parents=True)
     gone = "/nowhere/runs/sweeps/x/cpu/trial_0007/config.yaml"
@@ -734,11 +736,13 @@ def test_pareto_front():
 def test_metric_labels_and_notes_markdown():
     assert metric_label("val/dice_mean") == "Dice (val, mean over classes)"
     assert metric_label("val/pq") == "PQ (val)"
-    page = _markdown_html(
+    page = markdown_to_html(
         "# Title\n\ntext with `a|b` and [link](x.html)\n\n```\n<code>\n```\n\n1. one\n2. two"
     )
     assert "<h1>Title</h1>" in page and "<code>a|b</code>" in page and '<a href="x.html">link</a>' in page
-    assert "<pre><code>&lt;code&gt;</code></pre>" in page and "<ol><li>one</li><li>two</li></ol>" in page
+    assert (
+        "<pre><code>&lt;code&gt;\n</code></pre>" in page and "<ol>\n<li>one</li>\n<li>two</li>\n</ol>" in page
+    )
 
 
 # ------------------------------------------------------------------------------------- end to end

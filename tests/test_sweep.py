@@ -4,6 +4,8 @@ the sweeps that train are in ``test_sweep_runs.py``)."""
 from __future__ import annotations
 
 import argparse
+import json
+import warnings
 from pathlib import Path
 
 import optuna
@@ -19,14 +21,19 @@ from rleseg.commands import sweep as sweep_command
 from rleseg.sweep import (
     SweepError,
     SweepSpec,
-    _BudgetConstraint,
-    _requeue_interrupted,
+    budgets_fit,
     check_keys,
+    config_differences,
     export_trials,
+    is_over_budget,
+    make_sampler,
     open_storage,
+    requeue_interrupted,
+    sampler_seed,
     set_dotted,
     study_progress,
 )
+from rleseg.sweep.study import create_study, set_budget_constraint
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"data.init_args.tokenizer": ["mc", "lac"], "data.init_args.tokenizer_args.subsample": [2, 4]}
@@ -240,10 +247,50 @@ def test_trial_config_routes_outputs(tmp_path: Path):
     assert base["trainer"]["logger"][0]["init_args"]["save_dir"] == "runs"  # the base is not modified
 
 
-def test_fingerprint_follows_what_defines_trials():
+def test_fingerprint_follows_the_search_space_and_the_binding_the_config():
     a, b = make_spec(), make_spec(budgets_mib=[10])
     assert a.fingerprint() == b.fingerprint()  # budgets filter trials, they do not change them
-    assert a.fingerprint() != make_spec(overrides={"trainer.max_epochs": 3}).fingerprint()
+    assert a.fingerprint() != make_spec(objectives=["val/iou_mean"]).fingerprint()
+    # the configuration is compared key by key (base contents + overrides), not through the fingerprint
+    base = {"trainer": {"max_epochs": 1}, "model": {"init_args": {"d_model": 16}}}
+    old = a.binding(base)["resolved_base"]
+    new = make_spec(overrides={"trainer.max_epochs": 3}).binding(base)["resolved_base"]
+    assert config_differences(old, new) == ["trainer.max_epochs (1 -> 3)"]
+    bigger = {"trainer": {"max_epochs": 1}, "model": {"init_args": {"d_model": 24}}}
+    assert config_differences(old, a.binding(bigger)["resolved_base"]) == [
+        "model.init_args.d_model (16 -> 24)"
+    ]
+
+
+def test_binding_stores_contents_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "sweeps" / "bases").mkdir(parents=True)
+    (tmp_path / "sweeps" / "bases" / "b.yaml").write_text("trainer: {max_epochs: 1}\n")
+    sweep = tmp_path / "sweeps" / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "base": "bases/b.yaml", "search_space": dict(SPACE)}))
+    monkeypatch.chdir(tmp_path)
+    spec = SweepSpec.load("sweeps/s.yaml")
+    binding = spec.binding()
+    assert binding["resolved_base"] == {"trainer": {"max_epochs": 1}}
+    assert binding["base"] == "bases/b.yaml" and binding["sweep_file"] == "sweeps/s.yaml"
+    assert binding["sweep_text"] == sweep.read_text() and binding["version"]
+    assert binding["commit"] is None  # not a git checkout
+    assert spec.summary()["base"] == "bases/b.yaml" and not spec.resolved_output_dir().is_absolute()
+    assert str(tmp_path) not in json.dumps([binding, spec.summary()])
+
+
+def test_repeats_add_a_seed_knob_to_the_grid():
+    spec = make_spec(repeats=3, overrides={"seed_everything": 5, "trainer.max_epochs": 1})
+    seed = spec.param("seed")
+    assert seed.key == "seed_everything" and list(seed.choices) == [5, 6, 7]
+    assert spec.grid_size() == 12 and spec.overrides == {"trainer.max_epochs": 1}
+    assert spec.trial_config({"tokenizer": "mc", "subsample": 2, "seed": 6}, base={})["seed_everything"] == 6
+    assert spec.fingerprint() != make_spec(repeats=2).fingerprint()
+    with pytest.raises(SweepError, match="repeats needs `sampler: grid`"):
+        make_spec(repeats=2, sampler="tpe", n_trials=4)
+    with pytest.raises(SweepError, match="remove seed_everything from the search space"):
+        make_spec(repeats=2, search_space={**SPACE, "seed_everything": [0, 1]})
+    with pytest.raises(SweepError, match="repeats must be a whole number"):
+        make_spec(repeats=0)
 
 
 # ---------------------------------------------------------------------------------- config keys
@@ -322,13 +369,13 @@ def test_study_progress_counts_retries_duplicates_and_interruptions(tmp_path: Pa
     assert (progress.done, progress.running, progress.waiting) == (3, 0, 0)
     assert progress.superseded == {1}
 
-    assert _requeue_interrupted(study, max_retry=3) == 1
+    assert requeue_interrupted(study, max_retry=3) == 1
     retry = study.get_trials(states=(TrialState.WAITING,))[0]
     assert retry.params == {"tokenizer": "lac"} and retry.system_attrs["retry_history"] == [5]
     assert "interrupted" not in retry.user_attrs
     progress = study_progress(study)
     assert progress.waiting == 1 and progress.superseded == {1, 5}
-    assert _requeue_interrupted(study, max_retry=3) == 0  # already queued
+    assert requeue_interrupted(study, max_retry=3) == 0  # already queued
 
     frame = export_trials(study, tmp_path / "t.csv")
     assert list(frame["number"]) == [0, 1, 2, 3, 4, 5, 6]
@@ -337,10 +384,48 @@ def test_study_progress_counts_retries_duplicates_and_interruptions(tmp_path: Pa
     assert (tmp_path / "t.csv").read_text().startswith("number,state,superseded,duration_s,param_tokenizer")
 
 
-def test_budget_constraint():
-    constraint = _BudgetConstraint(512.0)
-    assert constraint(create_trial(value=1.0, user_attrs={"estimated_peak_mib": 600.0})) == [88.0]
-    assert constraint(create_trial(value=1.0)) == [0.0]
+def test_budget_rule_and_constraint_through_the_current_api():
+    assert budgets_fit(120.0, [100, 140, 200]) == [140.0, 200.0] and is_over_budget(250.0, [100, 200])
+    assert not is_over_budget(250.0, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation (constraints_func) or experimental warning
+        spec = make_spec(sampler={"name": "tpe", "seed": 0}, n_trials=3, budgets_mib=[512])
+        study = create_study(spec, None, make_sampler(spec))  # in memory, objectives named
+        trial = study.ask()
+        set_budget_constraint(trial, 600.0, spec.budget_mib)
+        study.tell(trial, state=TrialState.PRUNED)
+        make_sampler(make_spec(sampler={"name": "nsga2", "seed": 1}, n_trials=3))
+    (frozen,) = study.get_trials()
+    assert frozen.constraints == {"estimated_peak_over_budget_mib": 88.0}
+    assert study.metric_names == ["val/dice_mean"]
+
+
+def _startup_params(spec: SweepSpec, run: int, worker: int, n: int = 4) -> list[tuple]:
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, run=run, worker=worker))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(tuple(sorted((p.name, p.suggest(trial)) for p in spec.params)))
+        study.tell(trial, 0.5)
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "nsga2"])
+def test_workers_and_resumes_never_replay_start_up_trials(sampler: str):
+    """Each (run, worker) pair gets its own seed, derived deterministically from the sweep's seed."""
+    space = {
+        "model.init_args.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+        "model.init_args.d_model": [8, 16],
+    }
+    spec = make_spec(search_space=space, sampler={"name": sampler, "seed": 0}, n_trials=8)
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0)]
+    seeds = [sampler_seed(0, run, worker) for run, worker in pairs]
+    assert seeds[0] == 0 and len(set(seeds)) == len(seeds)
+    assert seeds == [sampler_seed(0, run, worker) for run, worker in pairs]  # deterministic
+    proposals = [_startup_params(spec, run, worker) for run, worker in pairs]
+    flat = [p for props in proposals for p in props]
+    assert len(set(flat)) == len(flat)  # no start-up point proposed twice
+    assert proposals[0] == _startup_params(spec, 0, 0)  # the same run and worker reproduce their points
 
 
 # ------------------------------------------------------------------------------- pruning callback

@@ -120,11 +120,11 @@ def recorded(base_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     lines: list[str] = []
     study = run_sweep(spec, log=lines.append)
     assert lines[-1].startswith("sweep records-cpu: 3/3 trials done"), lines
-    return spec, study
+    return spec, study, lines
 
 
-def test_sweep_records_every_attribute_of_every_trial(recorded: tuple[SweepSpec, optuna.Study]):
-    spec, study = recorded
+def test_sweep_records_every_attribute_of_every_trial(recorded: tuple[SweepSpec, optuna.Study, list[str]]):
+    spec, study, _ = recorded
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert sorted(t.params["tokenizer"] for t in trials) == sorted(TOKENIZERS)
@@ -132,7 +132,8 @@ def test_sweep_records_every_attribute_of_every_trial(recorded: tuple[SweepSpec,
         a = t.user_attrs
         assert t.value == pytest.approx(a["val/dice_mean"]) and 0.0 <= t.value <= 1.0
         # the resolved config: what `rleseg fit --config` reruns, with the trial's knob and sequence length
-        config = yaml.safe_load(Path(a["config_path"]).read_text())
+        assert a["outcome"] == "complete" and a["trial_dir"] == f"trial_{t.number:04d}"
+        config = yaml.safe_load((spec.resolved_output_dir() / a["trial_dir"] / "config.yaml").read_text())
         init = config["data"]["init_args"]
         assert init["tokenizer"] == t.params["tokenizer"] and init["max_seq_len"] == a["max_seq_len"]
         # vocabulary and parameters follow the encoding (the embedding is vocab_size x d_model)
@@ -161,8 +162,8 @@ def test_sweep_records_every_attribute_of_every_trial(recorded: tuple[SweepSpec,
     assert runs["mc"] == pytest.approx(1.5 * runs["lac"])  # 3 tokens per run instead of 2, same runs
 
 
-def test_sweep_keeps_metrics_and_predictions_and_exports(recorded: tuple[SweepSpec, optuna.Study]):
-    spec, study = recorded
+def test_sweep_keeps_metrics_and_predictions_and_exports(recorded: tuple[SweepSpec, optuna.Study, list[str]]):
+    spec, study, _ = recorded
     out = spec.resolved_output_dir()
     for t in study.get_trials():
         logs = out / f"trial_{t.number:04d}" / "logs"
@@ -185,7 +186,8 @@ def test_sweep_keeps_metrics_and_predictions_and_exports(recorded: tuple[SweepSp
         "decode_seconds_per_image",
         "validity_rate",
         "val/recall_mean",
-        "config_path",
+        "trial_dir",
+        "outcome",
     ):
         assert column in frame.columns and frame[column].notna().all(), column
 
@@ -197,7 +199,11 @@ def test_a_config_over_budget_is_recorded_and_never_trained(base_file: Path, tmp
     study = run_sweep(spec, log=lambda line: None)
     (trial,) = study.get_trials()
     a = trial.user_attrs
-    assert trial.state == TrialState.PRUNED and a["infeasible"] is True
+    assert trial.state == TrialState.PRUNED and a["infeasible"] is True and a["outcome"] == "over_budget"
+    assert trial.constraints["estimated_peak_over_budget_mib"] == pytest.approx(
+        a["estimated_peak_mib"] - 64, abs=0.01
+    )
+    assert study.metric_names == ["val/dice_mean"]
     assert a["estimated_peak_mib"] > 64 and a["budgets_fit"] == [] and a["budget_mib"] == 64
     assert a["num_parameters"] > 512 * 512  # the big model was sized, not built for real
     assert "train_seconds" not in a and "measured_peak_mib" not in a
@@ -219,10 +225,14 @@ def test_a_failed_trial_is_recorded_with_its_error_and_the_sweep_goes_on(base_fi
     assert failed.state == TrialState.FAIL and good.state == TrialState.COMPLETE
     assert "non-finite training loss" in failed.user_attrs["error"]
     # error.txt holds the trial process's own traceback, down to the training step that raised
-    assert "in training_step" in Path(failed.user_attrs["error_log"]).read_text()
+    assert (
+        failed.user_attrs["outcome"] == "failed"
+        and failed.user_attrs["error_log"] == f"trial_{failed.number:04d}/error.txt"
+    )
+    assert "in training_step" in (spec.resolved_output_dir() / failed.user_attrs["error_log"]).read_text()
     assert failed.user_attrs["estimated_peak_mib"] > 0  # estimated before it failed
     assert good.user_attrs["val/dice_mean"] == good.value
-    assert any("FAIL" in line and "non-finite" in line for line in lines), lines
+    assert any(f"trial {failed.number} failed" in line and "non-finite" in line for line in lines), lines
     assert lines[-1].startswith("sweep nan-cpu: 2/2 trials done")
 
 
@@ -245,7 +255,9 @@ def _trial_children(job: Path) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if str(job).encode() in cmdline and (proc / "stat").read_text().split()[2] != "Z":
+        # the job's path as the sweep passed it: relative to the sweep's working folder when inside it
+        named = any(arg.endswith(f"{job.parent.name}/{job.name}".encode()) for arg in cmdline)
+        if named and (proc / "stat").read_text().split()[2] != "Z":
             pids.append(int(proc.name))
     return pids
 
@@ -338,3 +350,84 @@ def test_two_workers_on_one_sqlite_study_never_train_a_grid_point_twice(base_fil
     workers = {t.user_attrs["worker"] for t in trained}
     assert all(w.rsplit(":", 1)[1] != str(os.getpid()) for w in workers)  # trained by the workers
     assert study_progress(study).done == 4
+
+
+# ------------------------------------------------------------------------- progress, binding, seeds
+def test_progress_lines_count_estimate_and_name_the_best_trial(
+    recorded: tuple[SweepSpec, optuna.Study, list[str]],
+):
+    spec, study, lines = recorded
+    done = [line for line in lines if "] trial " in line]
+    assert [line.split("]", 1)[0] for line in done] == ["[1/3", "[2/3", "[3/3"], lines
+    assert all("complete: tokenizer=" in line and "elapsed 0:00:" in line and "ETA" in line for line in done)
+    assert "ETA 0:00:00" in done[-1] and " | best #" in done[-1]
+    best = max(study.get_trials(), key=lambda t: t.value)
+    assert f"best trial #{best.number} (tokenizer={best.params['tokenizer']})" in lines[-1]
+    assert lines[-1].endswith(f"report: rleseg report --study {spec.resolved_output_dir() / 'study.db'} "
+                              f"--name records-cpu --out reports/records/")  # fmt: skip
+    runs = study.user_attrs["runs"]
+    assert len(runs) == 1 and runs[0]["workers"] == 1 and runs[0]["machine"] and runs[0]["version"]
+
+
+def test_dry_run_says_fits_or_over_budget_per_point(base_file: Path, tmp_path: Path):
+    space = {"model.init_args.d_model": [16, 512]}
+    spec = SweepSpec.load(
+        write_sweep(tmp_path, base_file, "dry", search_space=space, budgets_mib=[64], repeats=2)
+    )
+    lines: list[str] = []
+    points = run_sweep(spec, dry_run=True, log=lines.append)
+    assert [p.params for p in points] == [{"d_model": 16}, {"d_model": 512}]  # seeds do not change memory
+    assert lines[0].startswith("point 1/2 d_model=16: est ") and lines[0].endswith("MiB, fits (64 MiB)")
+    assert lines[1].startswith("point 2/2 d_model=512: est ") and "over budget (" in lines[1]
+    assert lines[2] == (
+        "dry run dry-cpu: 1 of 2 points fit 64 MiB, 1 over budget (d_model=512); 2 seeds each: 2 trials to "
+        "train; nothing was trained or stored"
+    )
+    assert "PRUNED" not in "\n".join(lines) and not (tmp_path / "out").exists()
+
+
+def test_resume_after_editing_the_base_refuses_and_names_the_keys(
+    base_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    # Budget 1 MiB: the trial is over budget and never trained; the study still binds its configuration.
+    base = tmp_path / "base.yaml"
+    base.write_text(base_file.read_text())
+    path = write_sweep(
+        tmp_path, base, "edited", search_space={"model.init_args.lr": [2.0e-3]}, budgets_mib=[1]
+    )
+    assert main(["sweep", "--config", str(path)]) == 0
+    capsys.readouterr()
+    config = yaml.safe_load(base.read_text())
+    config["model"]["init_args"]["d_model"] = 24
+    base.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["sweep", "--config", str(path), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[1] == "(set RLESEG_DEBUG=1 to see the traceback)", err  # one message line
+    assert "ran another configuration; differing keys: model.init_args.d_model (16 -> 24)" in err[0]
+    assert "start a new study" in err[0]
+    study = load_study(SweepSpec.load(path))
+    assert len(study.get_trials()) == 1  # nothing was added
+    binding = study.user_attrs["binding"]
+    assert binding["resolved_base"]["model"]["init_args"]["d_model"] == 16 and binding["base"] == "base.yaml"
+
+
+def test_resumed_and_parallel_seeded_sweeps_never_replay_start_up_trials(base_file: Path, tmp_path: Path):
+    # Over budget (1 MiB): nothing trains, every proposal is estimated and recorded. TPE seed 0: before
+    # seeds were derived per run and worker, the resume (and each worker) replayed trial 0's parameters.
+    space = {"model.init_args.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}}
+    tpe = {"name": "tpe", "seed": 0}
+    sweep = write_sweep(
+        tmp_path, base_file, "seeded", search_space=space, budgets_mib=[1], sampler=tpe, n_trials=2
+    )
+    spec = SweepSpec.load(sweep)
+    run_sweep(spec, log=lambda line: None)
+    run_sweep(SweepSpec.load(sweep), resume=True, n_trials=4, log=lambda line: None)
+    run_sweep(SweepSpec.load(sweep), resume=True, n_trials=8, workers=2, log=lambda line: None)
+    study = load_study(spec)
+    lrs = [t.params["lr"] for t in study.get_trials()]
+    assert len(lrs) >= 8 and len(set(lrs)) == len(lrs), lrs
+    assert all(t.user_attrs["outcome"] == "over_budget" for t in study.get_trials())
+    runs = study.user_attrs["runs"]
+    seeds = [s for run in runs for s in run["sampler_seeds"]]
+    assert [len(run["sampler_seeds"]) for run in runs] == [1, 1, 2] and seeds[0] == 0
+    assert len(set(seeds)) == 4

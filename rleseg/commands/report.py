@@ -5,19 +5,21 @@
 * ``--name NAME`` — which study, when the storage holds several (an unknown name lists the valid ones).
 * ``--title TEXT`` — the report's title; ``--notes FILE.md`` — hand-written conclusions placed after the
   study summary; ``--metric KEY`` — the quality metric of the plots (default: the first maximised objective).
-* ``--copy-trials`` — copy each trial's small artifacts (``metrics.csv``, ``config.yaml``, ``hparams.yaml``,
-  the last ``val_predictions/epoch_*.png``) to ``DIR/trials/trial_NNNN/``, to commit beside the report;
-  ``rleseg report --study DIR/study.db`` then finds them when the trials' own folders (under ``runs/``)
-  are gone, and the report links them.
+* By default the report keeps what it needs beside it, to commit with it: a copy of the study
+  (``DIR/study.db``) and each trial's small artifacts (``metrics.csv``, ``config.yaml``, ``hparams.yaml``,
+  the last ``val_predictions/epoch_*.png``) in ``DIR/trials/trial_NNNN/``; the report links them, and
+  ``rleseg report --study DIR/study.db`` regenerates every figure when the trials' own folders (under
+  ``runs/``) are gone. ``--no-copy`` writes the report alone.
 
-The report's first lines give the command that regenerates it. See :mod:`rleseg.report`.
+The report's first lines give the command that regenerates it (from ``DIR/study.db``). See
+:mod:`rleseg.report`.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(); sub = parser.add_subparsers()
 >>> add_parser(sub)
 >>> args = parser.parse_args(["report", "--study", "s.db", "--out", "reports/x"])
->>> args.study, args.name, args.out, args.notes, args.copy_trials
-('s.db', None, 'reports/x', None, False)
+>>> args.study, args.name, args.out, args.notes, args.copy
+('s.db', None, 'reports/x', None, True)
 """
 
 from __future__ import annotations
@@ -48,31 +50,37 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--notes", default=None, metavar="FILE.md", help="Markdown conclusions to include")
     parser.add_argument("--metric", default=None, metavar="KEY", help="quality metric (e.g. val/dice_mean)")
     parser.add_argument(
-        "--copy-trials",
-        action="store_true",
-        help="copy each trial's metrics.csv, config.yaml, hparams.yaml and last val_predictions/epoch_*.png "
-        "to DIR/trials/trial_NNNN/ (to commit beside the report; later reports read them from there)",
+        "--no-copy",
+        dest="copy",
+        action="store_false",
+        help="do not copy the study to DIR/study.db and each trial's metrics.csv, config.yaml, hparams.yaml "
+        "and last val_predictions/epoch_*.png to DIR/trials/trial_NNNN/ (copied by default, to commit "
+        "beside the report)",
     )
+    parser.add_argument("--copy-trials", action="store_true", help=argparse.SUPPRESS)  # the default now
     parser.set_defaults(func=run)
 
 
 def regenerate_command(args: argparse.Namespace, name: str) -> str:
-    """The command line that rebuilds the report (the study name spelt out, so it stays unambiguous).
+    """The command line that rebuilds the report from what is kept beside it (the study's copy in
+    ``DIR/study.db``; the study name spelt out, so it stays unambiguous).
 
-    >>> ns = argparse.Namespace(study="a.db", out="reports/a/", title="A b", notes=None, metric=None)
+    >>> ns = argparse.Namespace(study="runs/a.db", out="reports/a/", title="A b", notes=None, metric=None)
     >>> regenerate_command(ns, "a-cpu")
-    "rleseg report --study a.db --name a-cpu --out reports/a/ --title 'A b'"
-    >>> ns.copy_trials = True
-    >>> regenerate_command(ns, "a-cpu").endswith("--copy-trials")
-    True
+    "rleseg report --study reports/a/study.db --name a-cpu --out reports/a/ --title 'A b'"
+    >>> ns.copy = False
+    >>> regenerate_command(ns, "a-cpu").split()[3], regenerate_command(ns, "a-cpu").endswith("--no-copy")
+    ('runs/a.db', True)
     """
-    parts = ["rleseg", "report", "--study", args.study, "--name", name, "--out", args.out]
+    copy = getattr(args, "copy", True)
+    study = (Path(args.out) / "study.db").as_posix() if copy else args.study
+    parts = ["rleseg", "report", "--study", study, "--name", name, "--out", args.out]
     for flag in ("title", "notes", "metric"):
         value = getattr(args, flag, None)
         if value:
             parts += [f"--{flag}", value]
-    if getattr(args, "copy_trials", False):
-        parts.append("--copy-trials")
+    if not copy:
+        parts.append("--no-copy")
     return shlex.join(parts)
 
 
@@ -89,20 +97,25 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.name)
     url = resolve_storage(args.study)
     roots = [Path(url[len("sqlite:///") :]).parent] if url.startswith("sqlite:///") else []
+    copy = bool(getattr(args, "copy", True))
     options = ReportOptions(
         title=args.title,
         notes=notes,
         command=regenerate_command(args, study.study_name),
         metric=args.metric,
-        storage=args.study,
+        storage=(Path(args.out) / "study.db").as_posix() if copy else args.study,
         trial_roots=roots,
-        copy_trials=bool(getattr(args, "copy_trials", False)),
+        copy_trials=copy,
+        copy_study=copy,
     )
     result = write_report(study, args.out, options)
     print(
         f"wrote {result.markdown} and {result.html} ({len(result.figures)} figures in "
         f"{result.markdown.parent / 'figures'}) from study {study.study_name!r}"
     )
-    if options.copy_trials:
-        print(f"copied the artifacts of {len(result.trials)} trial(s) to {Path(args.out) / 'trials'}")
+    if copy:
+        print(
+            f"kept the study in {Path(args.out) / 'study.db'} and the artifacts of {len(result.trials)} "
+            f"trial(s) in {Path(args.out) / 'trials'}"
+        )
     return 0
