@@ -16,7 +16,7 @@ from rleseg.models.backbones import (
     create_feature_pyramid,
     load_backbone_weights,
 )
-from rleseg.models.dense import DenseSegmenter
+from rleseg.models.dense import DenseSegmenter, SmpDenseSegmenter, build_dense_model, dense_archs
 from rleseg.models.generation import (
     GenerationError,
     GenerationOutput,
@@ -35,10 +35,13 @@ __all__ = [
     "KVCache",
     "ModelConfigError",
     "Pix2Seq",
+    "SmpDenseSegmenter",
     "TokenDecoder",
     "VisualEncoder",
+    "build_dense_model",
     "create_backbone",
     "create_feature_pyramid",
+    "dense_archs",
     "generate_tokens",
     "load_backbone_weights",
 ]
