@@ -9,6 +9,9 @@
   estimate is checked against).
 * :class:`SequenceLengths` collects the ground-truth tokens per mask and the truncation of the
   validation batches (the encoding's own sequence lengths, independent of what the model generates).
+* :class:`RunSummary` ends ``fit``, ``validate`` and ``test`` with what people look for: the Dice per class
+  and overall (label and token resolution, the encoding's ceiling), validity, tokens per mask, the best
+  checkpoint and the run folder.
 * :class:`RandomState` saves the global random generators (Python, NumPy, torch) in every checkpoint and
   restores them before the first resumed step, so dropout draws continue as in an uninterrupted run.
 
@@ -33,7 +36,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rleseg.memory import MIB, _cpu_allocations, _running_peak, live_tensor_bytes
 from rleseg.tokenizers.base import EOS, PAD
 
-__all__ = ["MonitorError", "OptunaPruning", "PeakMemory", "RandomState", "SequenceLengths"]
+__all__ = ["MonitorError", "OptunaPruning", "PeakMemory", "RandomState", "RunSummary", "SequenceLengths"]
 
 
 class MonitorError(ValueError):
@@ -254,3 +257,72 @@ class RandomState(Callback):
         random.setstate((version, tuple(internal), gauss_next))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunSummary(Callback):
+    """Prints a short table at the end of ``fit`` (the last validation), ``validate`` and ``test``."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._print(trainer, pl_module, "val", "fit")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # after Lightning's own results table, so that the summary is what a run ends with
+        if stage in ("validate", "test"):
+            self._print(trainer, pl_module, "val" if stage == "validate" else "test", stage)
+
+    @staticmethod
+    def lines(metrics: dict[str, Any], stage: str, class_names: list[str]) -> list[str]:
+        """The table for logged ``metrics`` of ``stage`` (``val``/``test``)."""
+
+        def get(key: str) -> float | None:
+            value = metrics.get(f"{stage}/{key}")
+            return None if value is None else float(value)
+
+        def fmt(value: float | None, spec: str = ".3f") -> str:
+            return "-" if value is None or math.isnan(value) else format(value, spec)
+
+        out = [f"{'class':<24}{'Dice':>8}"]
+        for name in class_names[1:]:
+            out.append(f"{name[:23]:<24}{fmt(get(f'dice_{name}')):>8}")
+        mean = f"{'mean (foreground)':<24}{fmt(get('dice_mean')):>8}"
+        token, ceiling = get("token_dice_mean"), get("ceiling_dice_mean")
+        if token is not None:
+            mean += f"   token resolution {fmt(token)}   ceiling {fmt(ceiling)}"
+        out.append(mean)
+        extra = []
+        if get("validity") is not None:
+            extra.append(f"validity {fmt(get('validity'))}")
+        if get("tokens_p50") is not None:
+            extra.append(
+                f"tokens per mask p50 {fmt(get('tokens_p50'), '.0f')} / p95 {fmt(get('tokens_p95'), '.0f')}"
+            )
+        if get("pq") is not None:
+            extra.append(f"PQ {fmt(get('pq'))}")
+        if extra:
+            out.append("   ".join(extra))
+        return out
+
+    def _print(self, trainer: Trainer, pl_module: LightningModule, stage: str, verb: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        names = list(getattr(getattr(pl_module, "info", None), "class_names", []) or [])
+        what = "validation" if stage == "val" else "test"
+        lines = [f"rleseg {verb}: {what} at step {trainer.global_step} (epoch {trainer.current_epoch})"]
+        if f"{stage}/dice_mean" in metrics:
+            lines += ["  " + line for line in self.lines(metrics, stage, names)]
+        else:
+            lines.append(f"  no {what} ran (no {stage} metrics were logged)")
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if verb == "fit" else ""
+        if best:
+            score = trainer.checkpoint_callback.best_model_score
+            monitor = trainer.checkpoint_callback.monitor
+            lines.append(
+                f"  best checkpoint: {best}"
+                + (f" ({monitor} {float(score):.4f})" if score is not None else "")
+            )
+        if verb != "fit" and trainer.ckpt_path:
+            lines.append(f"  checkpoint: {trainer.ckpt_path}")
+        if verb == "fit":
+            lines.append(f"  run folder: {trainer.log_dir or trainer.default_root_dir}")
+        print("\n".join(lines), flush=True)

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from rleseg.callbacks import RandomState
+from rleseg.callbacks import RandomState, RunSummary
 from rleseg.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
 from rleseg.module import MODEL_CLASSES, DataInfo, resolve_preset
 
@@ -74,7 +74,7 @@ class PredictionWriter(BasePredictionWriter):
     ):
         from PIL import Image
 
-        from rleseg.visualize import overlay
+        from rleseg.visualize import legend_strip, overlay
 
         root = self._root(trainer)
         num_classes = pl_module.num_classes
@@ -94,8 +94,9 @@ class PredictionWriter(BasePredictionWriter):
                 else:
                     np.save(root / "masks" / f"{name}.npy", mask)
                 semantic = pl_module._semantic(mask)
-                over = overlay(raw.astype(np.float32) / 255.0, semantic, num_classes)
-                Image.fromarray((over * 255).astype(np.uint8)).save(root / "overlays" / f"{name}.png")
+                over = (overlay(raw.astype(np.float32) / 255.0, semantic, num_classes) * 255).astype(np.uint8)
+                legend = legend_strip(over.shape[1], num_classes, pl_module.info.class_names)
+                Image.fromarray(np.concatenate([over, legend])).save(root / "overlays" / f"{name}.png")
                 self.written += 1
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -106,6 +107,19 @@ class PredictionWriter(BasePredictionWriter):
                 f"overlays to {root / 'overlays'}",
                 file=sys.stderr,
             )
+
+
+def _share_version(loggers: list[Any]) -> None:
+    """Loggers writing under one ``save_dir/name`` share one ``version_N`` folder (each would otherwise
+    pick the next free number: the CSV metrics in version_0, the TensorBoard events in version_1)."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for logger in loggers:
+        if getattr(logger, "_version", 0) is None and hasattr(logger, "save_dir"):
+            groups.setdefault((str(logger.save_dir), str(logger.name)), []).append(logger)
+    for members in groups.values():
+        version = members[0].version
+        for logger in members[1:]:
+            logger._version = version
 
 
 def _default_loggers() -> list[dict[str, Any]]:
@@ -233,7 +247,29 @@ class RlesegCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(SafeCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, [*callbacks, RandomState()])
+        extra = [RandomState(), RunSummary()]
+        loggers = config.get("logger")
+        loggers = (
+            [] if loggers in (None, False, True) else loggers if isinstance(loggers, list) else [loggers]
+        )
+        _share_version(loggers)
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if loggers and not any(isinstance(c, LearningRateMonitor) for c in given):
+            extra.append(LearningRateMonitor(logging_interval="step"))  # the warm-up and decay, as logged
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
+
+    def before_instantiate_classes(self) -> None:
+        """Name the default loggers after the experiment file (``runs/<stem>/version_N``)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        files = config.get("config") or []
+        loggers = config.get("trainer", {}).get("logger")
+        if not files or not isinstance(loggers, list):
+            return
+        stem = Path(str(files[-1])).stem
+        for logger in loggers:
+            init = logger.get("init_args") if hasattr(logger, "get") else None
+            if init is not None and init.get("name") in (None, "lightning_logs"):
+                init["name"] = stem
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(

@@ -321,7 +321,13 @@ class SegModuleBase(LightningModule):
                 continue
             values = metric.compute()  # torchmetrics syncs the states across processes here
             for key in ("recall", "precision", "dice", "iou"):
-                self.log(f"{stage}/{prefix}{key}_mean", values[f"mean_{key}"], sync_dist=False)
+                headline = prefix == "" and key == "dice"  # the number people watch: on the progress bar
+                self.log(
+                    f"{stage}/{prefix}{key}_mean", values[f"mean_{key}"], sync_dist=False, prog_bar=headline
+                )
+            if prefix == "" and stage == "val":
+                # TensorBoard's hparams view pairs each run's hyperparameters with this number
+                self.log("hp_metric", values["mean_dice"], sync_dist=False)
                 if prefix == "":
                     for c in range(1, self.num_classes):
                         v = values[key][c]
@@ -385,12 +391,25 @@ class SegModuleBase(LightningModule):
         from rleseg.visualize import save_confusion_matrix
 
         names = self.info.class_names or [str(c) for c in range(self.num_classes)]
-        save_confusion_matrix(
-            Path(log_dir) / "val_predictions" / f"confusion_{self.current_epoch:03d}.png",
+        path = save_confusion_matrix(
+            Path(log_dir) / "val_predictions" / f"confusion_{self._picture_stamp()}.png",
             confusion,
             names,
-            title=f"epoch {self.current_epoch}: validation pixels (rows sum to 1)",
+            title=f"step {self.global_step} (epoch {self.current_epoch}): validation pixels (rows sum to 1)",
         )
+        self._log_picture("val/confusion_matrix", path)
+
+    def _log_picture(self, tag: str, path: Path) -> None:
+        """Send a written PNG to every active logger that takes pictures (TensorBoard, W&B, MLflow, ...).
+
+        CSV loggers take none; the PNG beside the metrics stays the record they point to.
+        """
+        from rleseg.visualize import log_image
+
+        if self.global_rank != 0 or self._trainer is None:
+            return
+        for logger in self.loggers:
+            log_image(logger, tag, path, self.global_step)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
@@ -398,15 +417,21 @@ class SegModuleBase(LightningModule):
     def _save_visualisation(self, vis: dict[str, np.ndarray], log_dir: str) -> None:
         from rleseg.visualize import save_prediction_grid
 
-        path = Path(log_dir) / "val_predictions" / f"epoch_{self.current_epoch:03d}.png"
+        path = Path(log_dir) / "val_predictions" / f"epoch_{self._picture_stamp()}.png"
         save_prediction_grid(
             path,
             vis["image"],
             vis["target"],
             vis["pred"],
             num_classes=self.num_classes,
-            title=f"epoch {self.current_epoch}: image | ground truth | prediction",
+            title=f"step {self.global_step} (epoch {self.current_epoch}): image | ground truth | prediction",
+            class_names=self.info.class_names,
         )
+        self._log_picture("val/predictions", path)
+
+    def _picture_stamp(self) -> str:
+        """``EEE_stepSSSSSS``: pictures of validations within one epoch get names of their own."""
+        return f"{self.current_epoch:03d}_step{self.global_step:06d}"
 
 
 class RLESegModule(SegModuleBase):

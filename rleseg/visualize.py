@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# Background transparent, then distinct colours (tab20 order) cycled for many classes.
-_TAB20 = np.array(
+# A fixed palette of 20 distinguishable colours (Trubetskoy's list), class 1 first; background stays the
+# image. Green comes late (class 8): early classes must stand out on foliage and grass backgrounds.
+_PALETTE = np.array(
     [
-        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
-        [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207], [174, 199, 232], [255, 187, 120],
-        [152, 223, 138], [255, 152, 150], [197, 176, 213], [196, 156, 148], [247, 182, 210], [199, 199, 199],
-        [219, 219, 141], [158, 218, 229],
+        [230, 25, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [245, 130, 48], [70, 240, 240],
+        [240, 50, 230], [60, 180, 75], [250, 190, 212], [0, 128, 128], [170, 110, 40], [128, 0, 0],
+        [170, 255, 195], [128, 128, 0], [0, 0, 128], [255, 215, 180], [220, 190, 255], [255, 250, 200],
+        [210, 245, 60], [128, 128, 128],
     ],
     dtype=np.float32,
 ) / 255.0  # fmt: skip
+#: the colour of void pixels (labels outside the classes, e.g. 255)
+VOID_COLOR = np.array([0.5, 0.5, 0.5], dtype=np.float32)
 
 
 def class_colors(num_classes: int) -> np.ndarray:
     """``[num_classes, 3]`` RGB in [0, 1]; class 0 (background) is black."""
     colors = np.zeros((max(num_classes, 1), 3), dtype=np.float32)
     for c in range(1, num_classes):
-        colors[c] = _TAB20[(c - 1) % len(_TAB20)]
+        colors[c] = _PALETTE[(c - 1) % len(_PALETTE)]
     return colors
 
 
@@ -52,7 +55,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
         rgb = rgb[rows[:, None], cols[None, :]]
     void = (mask >= num_classes) | (mask < 0)  # e.g. 255 in VOC-style masks: drawn grey
     colors = class_colors(num_classes)
-    painted = np.where(void[..., None], 0.5, colors[np.where(void, 0, mask)])
+    painted = np.where(void[..., None], VOID_COLOR, colors[np.where(void, 0, mask)])
     fg = ((mask > 0) | void)[..., None]
     return np.where(fg, (1 - alpha) * rgb + alpha * painted, rgb)
 
@@ -79,8 +82,10 @@ def save_prediction_grid(
     preds: np.ndarray,
     num_classes: int,
     title: str = "",
+    class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write a PNG with one row per sample: image | ground truth overlay | prediction overlay.
+    """Write a PNG with one row per sample: image | ground truth overlay | prediction overlay, and a
+    legend of the class colours.
 
     Video inputs (``images [B, T, C, H, W]``) show every frame of the first clip as rows.
     """
@@ -105,7 +110,76 @@ def save_prediction_grid(
         axes[0, j].set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
+    _legend(fig, num_classes, class_names, shown=np.concatenate([targets.ravel(), preds.ravel()]))
     return _save_figure(fig, path)
+
+
+def _legend(fig: Any, num_classes: int, class_names: Sequence[str] | None, shown: np.ndarray) -> None:
+    """A legend of the class colours below the panels (classes 1..N-1, and void when it appears)."""
+    from matplotlib.patches import Patch
+
+    names = list(class_names or [])
+    colors = class_colors(num_classes)
+    handles = [
+        Patch(color=colors[c], label=names[c] if c < len(names) else f"class {c}")
+        for c in range(1, num_classes)
+    ][:40]
+    if ((shown >= num_classes) | (shown < 0)).any():
+        handles.append(Patch(color=VOID_COLOR, label="void"))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+        fig.subplots_adjust(bottom=0.08 + 0.03 * ((len(handles) - 1) // 4))
+
+
+def legend_strip(width: int, num_classes: int, class_names: Sequence[str] | None) -> np.ndarray:
+    """An ``[h, width, 3]`` uint8 strip naming the class colours (for overlays written without matplotlib).
+
+    >>> legend_strip(120, 3, ["background", "cat", "dog"]).shape[1:]
+    (120, 3)
+    """
+    from PIL import Image, ImageDraw
+
+    names = list(class_names or [])
+    colors = (class_colors(num_classes) * 255).astype(np.uint8)
+    entries = [(names[c] if c < len(names) else f"class {c}", colors[c]) for c in range(1, num_classes)]
+    line, box = 14, 10
+    height = line * max(1, len(entries)) + 4
+    strip = Image.new("RGB", (max(int(width), 1), height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, (name, color) in enumerate(entries):
+        y = 2 + i * line
+        draw.rectangle([2, y + 1, 2 + box, y + 1 + box], fill=tuple(int(v) for v in color))
+        draw.text((box + 6, y), str(name), fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def log_image(logger: Any, tag: str, path: str | Path, step: int) -> bool:
+    """Send the PNG at ``path`` to a Lightning logger that takes pictures; False for one that takes none.
+
+    TensorBoard: an image summary (``add_image``); W&B, Neptune and others with ``log_image``; MLflow: an
+    artifact image. CSV loggers take none (the PNG file is their record).
+    """
+    from PIL import Image
+
+    kind = type(logger).__name__
+    if kind == "CSVLogger":
+        return False
+    image = np.asarray(Image.open(path).convert("RGB"))
+    try:
+        if kind == "TensorBoardLogger":
+            logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+        elif kind == "MLFlowLogger":
+            logger.experiment.log_image(logger.run_id, image, f"{tag.replace('/', '_')}_step{step:06d}.png")
+        elif hasattr(logger, "log_image"):
+            logger.log_image(key=tag, images=[image], step=step)
+        else:
+            return False
+    except Exception as exc:  # a logger's failure to take a picture must not stop training
+        import warnings
+
+        warnings.warn(f"{kind} did not take picture {tag}: {exc}", stacklevel=2)
+        return False
+    return True
 
 
 @_plain_text

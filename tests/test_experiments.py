@@ -46,4 +46,4 @@ def test_experiment_fast_dev_run(path: Path, tmp_path: Path, monkeypatch: pytest
     assert float(metrics["val/decode_seconds_per_image"]) > 0, sorted(metrics)
     # each validation epoch leaves the overlays and the confusion matrix beside them
     pictures = {p.name for p in tmp_path.rglob("val_predictions/*.png")}
-    assert {"epoch_000.png", "confusion_000.png"} <= pictures, pictures
+    assert {"epoch_000_step000001.png", "confusion_000_step000001.png"} <= pictures, pictures

@@ -183,7 +183,8 @@ def test_predict_writes_masks_at_each_images_own_size(checkpoints, tmp_path, mon
     for name, (h, w) in sizes.items():
         mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
         assert mask.shape == (h, w), name
-        assert np.asarray(Image.open(out / "overlays" / f"{name}.png")).shape == (h, w, 3)
+        over = np.asarray(Image.open(out / "overlays" / f"{name}.png"))  # with a class legend below
+        assert over.shape[1:] == (w, 3) and over.shape[0] > h
     assert f"rleseg predict: wrote 4 masks to {out / 'masks'}" in capsys.readouterr().err
 
 
