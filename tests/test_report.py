@@ -790,3 +790,31 @@ def test_report_of_a_real_two_trial_sweep(tmp_path: Path, monkeypatch: pytest.Mo
     } <= names
     assert "**trials:** 2 — 2 complete" in md and md.count("data:image/png;base64,") == 0
     assert (out / "report.html").read_text().count("data:image/png;base64,") == len(names)
+
+
+# ------------------------------------------------------------------------ the committed reports
+REGENERABLE = [
+    d for d in sorted((ROOT / "reports").iterdir()) if (d / "report.md").is_file() and (d / "trials").is_dir()
+]
+
+
+@pytest.mark.parametrize("folder", REGENERABLE, ids=[d.name for d in REGENERABLE])
+def test_committed_report_regenerates_from_what_is_committed(folder: Path, tmp_path: Path, monkeypatch):
+    """The command at the top of a committed report, run in a copy of what git holds (no runs/), rebuilds
+    every figure it links, and every relative link of the report points at a file of the copy."""
+    import shlex
+    import shutil
+
+    copy = tmp_path / "reports" / folder.name
+    shutil.copytree(folder, copy)
+    shutil.rmtree(copy / "figures")
+    md = (folder / "report.md").read_text()
+    command = next(line for line in md.splitlines() if line.startswith("rleseg report "))
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command)[1:]) == 0
+    rebuilt = (copy / "report.md").read_text()
+    committed = {Path(link).name for link in re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)}
+    assert committed and committed == {p.name for p in (copy / "figures").glob("*.png")}
+    for link in re.findall(r"\]\(([^)\s]+)\)", rebuilt):
+        if "://" not in link and not link.startswith("#"):
+            assert (copy / link.split("#")[0]).exists(), link

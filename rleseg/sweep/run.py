@@ -571,6 +571,6 @@ def run_sweep(
         f"sweep {spec.study_name}: {progress.done}/{target} trials done "
         f"in {_clock(time.monotonic() - start)}; "
         + (f"best trial {best}; " if best else "no complete trial; ")
-        + f"trials in {spec.resolved_output_dir()}; report: {spec.report_command(url)}"
+        + f"trials in {spec.resolved_output_dir()}; report: {spec.report_command(shown)}"
     )
     return study

@@ -496,7 +496,8 @@ class SweepSpec:
         return f"sqlite:///{self.resolved_output_dir() / 'study.db'}"
 
     def report_command(self, storage: str | None = None) -> str:
-        """The ``rleseg report`` command for this sweep's study."""
+        """The ``rleseg report`` command for this sweep's study (give it ``storage`` with the password
+        masked: the line is printed)."""
         import shlex
 
         url = storage or self.resolved_storage()
