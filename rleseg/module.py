@@ -273,6 +273,32 @@ class SegModuleBase(LightningModule):
             self._segmenter = Segmenter(self, device=self.device)
         return [{**item, "mask": self._segmenter.predict(item["raw"])} for item in batch]
 
+    def _setup_input_normalisation(self, backbone: str, pretrained: bool) -> None:
+        """Inputs arrive normalised with the data's ``mean``/``std`` (ImageNet's, a fixed documented choice);
+        pretrained timm weights that expect other statistics (CLIP, Inception, ...) get their own, through
+        a per-channel affine map in front of the backbone."""
+        self._input_affine = False
+        if not pretrained:
+            return
+        from rleseg.models.backbones import pretrained_normalisation
+
+        wanted = pretrained_normalisation(backbone)
+        if wanted is None or (tuple(wanted[0]), tuple(wanted[1])) == (
+            tuple(self.info.mean),
+            tuple(self.info.std),
+        ):
+            return
+        m_d, s_d = torch.tensor(self.info.mean), torch.tensor(self.info.std)
+        m_b, s_b = torch.tensor(wanted[0]), torch.tensor(wanted[1])
+        self.register_buffer("input_scale", (s_d / s_b)[:, None, None], persistent=False)
+        self.register_buffer("input_shift", ((m_d - m_b) / s_b)[:, None, None], persistent=False)
+        self._input_affine = True
+
+    def _renormalise(self, images: torch.Tensor) -> torch.Tensor:
+        if not self._input_affine:
+            return images
+        return images * self.input_scale.to(images.dtype) + self.input_shift.to(images.dtype)
+
     @property
     def _void_target(self) -> int:
         """``ignore_index`` for ``F.cross_entropy``: the data's void label, or -100 (no pixel is void)."""
@@ -575,6 +601,7 @@ class RLESegModule(SegModuleBase):
         self.test_diag: TokenDiagnostics | None = None
         self.register_buffer("token_weight", torch.ones(info.vocab_size), persistent=False)
         self._check_sizes(feature_stride)
+        self._setup_input_normalisation(backbone, pretrained)
         if info.tokenizer:  # the contract names the tokenizer: build it (no DataModule needed)
             self.attach_tokenizer(info.build_tokenizer())
 
@@ -695,6 +722,7 @@ class RLESegModule(SegModuleBase):
 
     # ------------------------------------------------------------------ training
     def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        images = self._renormalise(images)
         # Static video: the model sees frame 0 only but predicts the whole window.
         if self.task.first_frame_only and images.ndim == 5:
             return images[:, 0]
@@ -909,6 +937,21 @@ class DenseSegModule(SegModuleBase):
 
     Same DataModules (it ignores the token sequences), same metrics and logging as the token model, so
     the two can be compared on the same data and memory budget.
+
+    Args:
+        data_info: what the model needs to know about its data (linked from the DataModule by the CLI).
+        arch: ``"fpn"`` (default: rleseg's light FPN head) or any segmentation-models-pytorch architecture
+            (``unet``, ``unetplusplus``, ``deeplabv3plus``, ``smp_fpn``, ``pspnet``, ``upernet``, ...) on the
+            same timm backbone (smp's ``tu-`` encoders; needs ``pip install 'rleseg[smp]'``).
+        backbone: a timm model name. pretrained: timm's pretrained weights (downloads; inputs are then
+            normalised as those weights expect). weights_path: a local weights file instead.
+        feature_stride: the deepest backbone stage used (smp: ``encoder_depth = log2(feature_stride)``).
+        backbone_kwargs: extra timm arguments (e.g. ``channels``, ``stem_width``).
+        decoder_channels: width of the head. class_weights: per-class cross-entropy weights.
+        arch_kwargs: further smp options (``arch`` other than ``fpn`` only).
+        lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW with linear warm-up and cosine decay.
+        num_vis: validation samples drawn in the prediction grid each validation.
+        max_truncated_fraction: unused by the dense model (kept for a uniform signature).
     """
 
     _WEIGHT_SHAPING = ("task", "num_classes", "in_chans", "frames")  # no tokens: any tokenizer will do
@@ -916,6 +959,7 @@ class DenseSegModule(SegModuleBase):
     def __init__(
         self,
         data_info: DataInfo | dict | None = None,
+        arch: str = "fpn",
         backbone: str = "resnet18",
         pretrained: bool = False,
         weights_path: str | None = None,
@@ -930,6 +974,7 @@ class DenseSegModule(SegModuleBase):
         min_lr_ratio: float = 0.05,
         num_vis: int = 6,
         max_truncated_fraction: float = 1.0,
+        arch_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             data_info, lr, weight_decay, betas, warmup_ratio, min_lr_ratio, num_vis, max_truncated_fraction
@@ -938,9 +983,11 @@ class DenseSegModule(SegModuleBase):
             raise ValueError("the dense baseline predicts semantic masks; use an image or video DataModule")
         self.save_hyperparameters(ignore=["data_info"])
         self.hparams["data_info"] = asdict(self.info)
-        from rleseg.models import DenseSegmenter
+        from rleseg.models import build_dense_model
 
-        self.model = DenseSegmenter(
+        self.model = build_dense_model(
+            arch,
+            arch_kwargs=arch_kwargs,
             num_classes=self.num_classes,
             backbone=backbone,
             pretrained=pretrained,
@@ -959,6 +1006,7 @@ class DenseSegModule(SegModuleBase):
             else torch.ones(self.num_classes)
         )
         self.register_buffer("class_weights", cw, persistent=False)
+        self._setup_input_normalisation(backbone, pretrained)
         # seconds per image of the forward pass and argmax (the token model's counterpart is generation
         # plus decoding): the decode-time axis of the sweep reports
         self.val_decode_time = WeightedMean()
@@ -969,6 +1017,7 @@ class DenseSegModule(SegModuleBase):
         self.test_grid_metrics = SegmentationMetrics(self.num_classes, ignore_index=self.info.ignore_index)
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        images = self._renormalise(images)
         if self.task.first_frame_only and images.ndim == 5:
             # Static video: frame 0 in, the whole window out (the same prediction for every frame).
             logits = self.model(images[:, 0])

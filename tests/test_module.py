@@ -163,3 +163,44 @@ def test_predict_step_returns_masks_at_each_inputs_size(data_fashion_dir):
     out = module.predict_step(items, 0)
     assert [o["mask"].shape for o in out] == [(40, 90), (64, 64)]
     assert [o["path"] for o in out] == ["a.png", "b.png"]
+
+
+def test_the_dense_baseline_can_be_an_smp_architecture(data_fashion_dir):
+    pytest.importorskip("segmentation_models_pytorch")
+    dm = ImageSegDataModule(
+        source="composites", source_args={"data_dir": str(data_fashion_dir)}, tokenizer="lac", max_seq_len=128
+    )
+    dm.setup("fit")
+    info = DataInfo.from_datamodule(dm)
+    module = DenseSegModule(data_info=info, arch="unet", backbone="resnet10t", feature_stride=8, num_vis=0)
+    assert type(module.model).__name__ == "SmpDenseSegmenter"
+    batch = next(iter(dm.train_dataloader()))
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and tuple(module.predict_masks(batch)["mask"].shape) == tuple(
+        batch["mask"].shape
+    )
+
+
+def test_pretrained_weights_get_the_normalisation_they_expect(monkeypatch):
+    import rleseg.models.backbones as backbones
+
+    info = DataInfo(num_classes=3, input_size=(32, 32))
+    module = DenseSegModule(data_info=info, backbone="resnet10t", num_vis=0)
+    assert module._renormalise(torch.ones(1, 3, 4, 4)).equal(torch.ones(1, 3, 4, 4))  # no weights: as is
+    monkeypatch.setattr(backbones, "pretrained_normalisation", lambda name: ((0.5,) * 3, (0.5,) * 3))
+    module._setup_input_normalisation("vit_clip_like", pretrained=True)
+    pixels = torch.rand(1, 3, 4, 4)
+    mean, std = torch.tensor(info.mean)[:, None, None], torch.tensor(info.std)[:, None, None]
+    data = (pixels - mean) / std  # what the DataModule delivers (ImageNet statistics)
+    assert torch.allclose(module._renormalise(data), (pixels - 0.5) / 0.5, atol=1e-5)
+
+
+def test_the_cli_leaves_hf_hub_offline_to_the_user(monkeypatch):
+    from rleseg.cli import _offline_defaults
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _offline_defaults()
+    import os
+
+    assert "HF_HUB_OFFLINE" not in os.environ

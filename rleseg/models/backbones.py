@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,9 +113,20 @@ def _create_features(
         )
     except Exception as err:
         if pretrained:
+            offline = [
+                v
+                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                if os.environ.get(v, "") not in ("", "0")
+            ]
+            why = (
+                f"{' and '.join(offline)} is set and they are not in the local Hugging Face cache: unset "
+                "it to download them"
+                if offline
+                else f"{type(err).__name__}: {err}"
+            )
             raise BackboneError(
-                f"could not fetch pretrained weights for {name!r} ({type(err).__name__}: {err}); without "
-                "network access, download them elsewhere and pass weights_path=..."
+                f"could not fetch pretrained weights for {name!r} ({why}); without network access, download "
+                "them elsewhere and pass weights_path=..."
             ) from err
         raise
     _drop_unused_stages(model)
@@ -323,6 +335,22 @@ def _deepest_stages(infos: list[dict[str, Any]], *, above: int, upto: int) -> li
         if above < int(info["reduction"]) <= upto:
             deepest[int(info["reduction"])] = int(info["index"])  # later stages of a reduction win
     return [deepest[r] for r in sorted(deepest)]
+
+
+def pretrained_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) timm's pretrained weights of ``name`` expect, or None if timm does not say."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name.split(".")[0]) if "." not in name else None
+        cfg = cfg or timm.models.get_pretrained_cfg(name)
+    except Exception:
+        return None
+    if cfg is None:
+        return None
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or std is None:
+        return None
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def create_backbone(
