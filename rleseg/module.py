@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -464,37 +464,56 @@ class RLESegModule(SegModuleBase):
     """The Pix2Seq token model: teacher-forced training, generation-based evaluation (SPEC §6–8).
 
     Args:
-        data_info: sizes linked from the DataModule by the CLI.
+        data_info: what the model needs to know about its data (:class:`DataInfo`; linked from the
+            DataModule by the CLI, saved in checkpoints).
         preset: a model size of :attr:`rleseg.models.Pix2Seq.size_presets` (``tiny``, ``small``,
             ``paper``): its backbone, feature stride, width, depths, heads and MLP width replace those
             options that are left at this module's defaults (see :func:`resolve_preset`).
-        backbone, pretrained, weights_path, feature_stride, deep_stride, backbone_kwargs, d_model,
-            encoder_layers, decoder_layers, num_heads, mlp_dim, dropout, fusion: see
-            :class:`rleseg.models.Pix2Seq`.
-        eos_weight: loss weight of EOS targets. pad_weight: of PAD targets (the reference used 0.1
-            with no EOS; with an explicit EOS, 0 is the clean choice).
-        class_token_weight: loss weight of tokens that carry the class (``class``/``lac``/... ranges),
-            against the class imbalance the paper names as its weakness.
-        decoding: ``greedy`` or ``top_p``; ``top_p`` is the nucleus mass (the reference's 0.4).
+        backbone: a timm model name (the visual encoder's feature extractor).
+        pretrained: start from timm's pretrained weights (downloads; inputs are then normalised as those
+            weights expect).
+        weights_path: a local (or URL) weights file for the backbone instead, read weights-only.
+        feature_stride: reduction of the backbone feature map the encoder reads (8, 16, 32, ...).
+        deep_stride: also read a deeper map at this reduction (``None``: only ``feature_stride``).
+        backbone_kwargs: extra timm arguments (e.g. ``channels``, ``stem_width``).
+        d_model: width of the encoder and decoder.
+        encoder_layers: transformer layers over the visual tokens.
+        decoder_layers: transformer layers of the token decoder.
+        num_heads: attention heads.
+        mlp_dim: hidden width of the transformer MLPs.
+        dropout: dropout rate in the transformers.
+        fusion: how a video encoder fuses frames: ``sequential`` (a fusion layer last) or ``late``.
+        eos_weight: loss weight of EOS targets.
+        pad_weight: loss weight of PAD targets (the reference used 0.1 with no EOS; with an explicit EOS,
+            0 is the clean choice, and lets training cut each batch to its longest sequence).
+        class_token_weight: loss weight of tokens that carry the class (the tokenizer's
+            ``class_fields``), against the class imbalance the paper names as its weakness.
+        label_smoothing: label smoothing of the token cross-entropy.
+        decoding: ``greedy`` or ``top_p`` (nucleus sampling) generation.
+        top_p: the nucleus mass of ``top_p`` decoding (the reference's 0.4).
         constrained: grammar-constrained decoding (only the field that belongs at a position).
-        lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW with linear warm-up and cosine decay.
+        lr: AdamW learning rate (peak, after the linear warm-up).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_ratio: share of the training steps spent warming the learning rate up linearly.
+        min_lr_ratio: the cosine decay ends at ``lr * min_lr_ratio``.
+        num_vis: validation samples drawn in the prediction grid at each validation (0: none).
+        max_truncated_fraction: training stops at once, saying what to set, when more than this share of
+            the training sequences is cut by ``max_seq_len``.
         position_init: start the embeddings of start tokens at the sin-cos position of their cell (aligned
             with the visual tokens' positions) instead of at random.
         aux_dense_weight: weight of an auxiliary pixel cross-entropy of a linear class head on the visual
             tokens, during training only (0: off). Generation and every metric still use tokens alone.
         memory_stride: reduction of the visual memory the decoder reads (``None``: ``feature_stride``);
-            e.g. 4 beside ``feature_stride`` 8 gives a 64×64 input a 16×16 memory, the grid of s = 4 tokens
-            (see :class:`rleseg.models.Pix2Seq`).
-        fine_smooth: a 3×3 conv + BatchNorm + ReLU on the finer memory (see :class:`rleseg.models.Pix2Seq`).
-        cross_memory: ``"fine"`` or ``"coarse"``: which grid cross-attention reads when ``memory_stride`` is
+            e.g. 4 beside ``feature_stride`` 8 gives a 64×64 input a 16×16 memory, the grid of s = 4 tokens.
+        fine_smooth: a depthwise-separable 3×3 conv + BatchNorm + ReLU on the finer memory.
+        cross_memory: ``fine`` or ``coarse``: which grid cross-attention reads when ``memory_stride`` is
             finer (coarse: 4× cheaper; the fine grid then feeds the anchors and the aux head only).
         anchor: each decoder input also carries the visual token under its run's start cell (image and
             panoptic tokenizers with a flat start field; see ``TokenDecoder.configure_anchor``).
         diagnostics: token-level diagnostics at every validation (and test) epoch, logged as
             ``{stage}/diag/<key>`` (:class:`rleseg.diagnostics.TokenDiagnostics`): teacher-forced argmax
-            accuracy per grammar field (and of the class and length parts of LAC tokens), the
-            teacher-forced Dice and the exposure-bias gap to the generated one, and, for image and
-            panoptic tasks, row-run and in-object class errors of the generated token masks. It reuses the
+            accuracy per grammar field, the exposure-bias gap, run and object class errors. It reuses the
             validation loss's teacher-forced logits (no extra decoder pass).
     """
 
@@ -514,12 +533,12 @@ class RLESegModule(SegModuleBase):
         num_heads: int = 8,
         mlp_dim: int = 1024,
         dropout: float = 0.1,
-        fusion: str = "sequential",
+        fusion: Literal["sequential", "late"] = "sequential",
         eos_weight: float = 1.0,
         pad_weight: float = 0.0,
         class_token_weight: float = 1.0,
         label_smoothing: float = 0.0,
-        decoding: str = "greedy",
+        decoding: Literal["greedy", "top_p"] = "greedy",
         top_p: float = 0.4,
         constrained: bool = True,
         lr: float = 1e-3,
@@ -533,7 +552,7 @@ class RLESegModule(SegModuleBase):
         aux_dense_weight: float = 0.0,
         memory_stride: int | None = None,
         fine_smooth: bool = False,
-        cross_memory: str = "fine",
+        cross_memory: Literal["fine", "coarse"] = "fine",
         anchor: bool = False,
         diagnostics: bool = True,
     ) -> None:
@@ -939,19 +958,27 @@ class DenseSegModule(SegModuleBase):
     the two can be compared on the same data and memory budget.
 
     Args:
-        data_info: what the model needs to know about its data (linked from the DataModule by the CLI).
-        arch: ``"fpn"`` (default: rleseg's light FPN head) or any segmentation-models-pytorch architecture
+        data_info: what the model needs to know about its data (:class:`DataInfo`; linked from the
+            DataModule by the CLI, saved in checkpoints).
+        arch: ``fpn`` (default: rleseg's light FPN head) or any segmentation-models-pytorch architecture
             (``unet``, ``unetplusplus``, ``deeplabv3plus``, ``smp_fpn``, ``pspnet``, ``upernet``, ...) on the
             same timm backbone (smp's ``tu-`` encoders; needs ``pip install 'rleseg[smp]'``).
-        backbone: a timm model name. pretrained: timm's pretrained weights (downloads; inputs are then
-            normalised as those weights expect). weights_path: a local weights file instead.
+        backbone: a timm model name.
+        pretrained: start from timm's pretrained weights (downloads; inputs are then normalised as those
+            weights expect).
+        weights_path: a local (or URL) weights file for the backbone instead, read weights-only.
         feature_stride: the deepest backbone stage used (smp: ``encoder_depth = log2(feature_stride)``).
         backbone_kwargs: extra timm arguments (e.g. ``channels``, ``stem_width``).
-        decoder_channels: width of the head. class_weights: per-class cross-entropy weights.
-        arch_kwargs: further smp options (``arch`` other than ``fpn`` only).
-        lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW with linear warm-up and cosine decay.
-        num_vis: validation samples drawn in the prediction grid each validation.
+        decoder_channels: width of the segmentation head.
+        class_weights: per-class cross-entropy weights (``num_classes`` values; None: equal).
+        lr: AdamW learning rate (peak, after the linear warm-up).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_ratio: share of the training steps spent warming the learning rate up linearly.
+        min_lr_ratio: the cosine decay ends at ``lr * min_lr_ratio``.
+        num_vis: validation samples drawn in the prediction grid at each validation (0: none).
         max_truncated_fraction: unused by the dense model (kept for a uniform signature).
+        arch_kwargs: further smp options (``arch`` other than ``fpn`` only).
     """
 
     _WEIGHT_SHAPING = ("task", "num_classes", "in_chans", "frames")  # no tokens: any tokenizer will do

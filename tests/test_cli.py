@@ -71,3 +71,27 @@ def test_bad_config_fails_before_training_with_advice(override, expected, tmp_pa
     assert last[1] == "(set RLESEG_DEBUG=1 to see the traceback)"
     # Nothing was trained: no checkpoint was written.
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "cls_path",
+    [
+        "rleseg.module.RLESegModule",
+        "rleseg.module.DenseSegModule",
+        "rleseg.data.ImageSegDataModule",
+        "rleseg.data.VideoSegDataModule",
+        "rleseg.data.PanopticDataModule",
+    ],
+)
+def test_every_model_and_data_option_has_help(cls_path):
+    # `rleseg fit --model.help CLASS` shows these descriptions (Google-style Args, one per parameter)
+    import importlib
+    import inspect
+
+    import docstring_parser
+
+    module, _, name = cls_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    documented = {p.arg_name for p in docstring_parser.parse(cls.__doc__ or "").params}
+    options = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    assert options <= documented, sorted(options - documented)

@@ -365,27 +365,38 @@ class _SegDataModule(LightningDataModule):
         )
 
 
-class ImageSegDataModule(_SegDataModule):
-    """Semantic segmentation of images with an image tokenizer (``binary``, ``mc``, ``lac``, ``mc2d``,
-    ``lac2d``, ``dense``, ``gap``, ``rowwise``).
-
-    Args:
+#: the arguments every DataModule shares (their help text in ``--data.help``)
+_SHARED_ARGS = """\
         source: registered source name (``composites``, ``mri``, ``nuclei``, ``folder``).
         source_args: the source's knobs (e.g. ``{"preset": "fashion3", "num_train": 3000}``).
         tokenizer: registered tokenizer name, or the import path of a Tokenizer class.
         tokenizer_args: tokenizer knobs (``subsample``, ``max_run``, ...); ``shape`` and ``num_classes``
             are filled in from the data unless given.
         max_seq_len: model sequence length (prompt + content + EOS + PAD).
-        batch_size, num_workers: DataLoader settings (val/test use the same batch size).
+        batch_size: samples per batch (validation and test use the same).
+        num_workers: DataLoader worker processes (0: load in the main process).
         seed: all sampling (shuffle, patch jitter, augmentation) derives from it.
         image_size: resize every frame to this (int or [h, w]); None keeps the source size.
-        patch_size, patch_stride, patch_jitter: cut inputs into patches (None = whole images); training
-            yields random grid patches moved by up to ``patch_jitter`` pixels; evaluation yields whole
-            images (see the module docstring for the batch keys).
+        patch_size: cut inputs into patches of this size (int or [h, w]; None = whole images): training
+            yields random grid patches, evaluation whole images scored patch by patch.
+        patch_stride: distance between grid patches (default: ``patch_size``, no overlap).
+        patch_jitter: training patches move by up to this many pixels off the grid.
         augment: albumentations config (see :mod:`rleseg.data.transforms`); None = off. Never in eval.
-        limit_train, limit_val: keep only the first N samples (tiny runs, tests).
+        limit_train: keep only the first N training samples (tiny runs, tests).
+        limit_val: keep only the first N validation samples.
         predict_path: folder of images for ``predict``.
-    """
+"""
+
+
+class ImageSegDataModule(_SegDataModule):
+    __doc__ = (
+        """Semantic segmentation of images with an image tokenizer (``binary``, ``mc``, ``lac``,
+    ``mc2d``, ``lac2d``, ``dense``, ``gap``, ``rowwise``).
+
+    Args:
+"""
+        + _SHARED_ARGS
+    )
 
     def __init__(
         self,
@@ -427,10 +438,14 @@ class ImageSegDataModule(_SegDataModule):
 
 
 class PanopticDataModule(_SegDataModule):
-    """Panoptic segmentation: masks are panoptic ids ``class * 1000 + instance`` (instance 0 = stuff),
-    tokenized by a panoptic tokenizer (``panoptic``); ``thing_classes`` come from the source. Arguments as
-    :class:`ImageSegDataModule`.
-    """
+    __doc__ = (
+        """Panoptic segmentation: masks are panoptic ids ``class * 1000 + instance`` (instance 0 =
+    stuff), tokenized by a panoptic tokenizer (``panoptic``); ``thing_classes`` come from the source.
+
+    Args:
+"""
+        + _SHARED_ARGS
+    )
 
     tasks = ("panoptic",)
     labels = "panoptic"
@@ -476,7 +491,8 @@ class PanopticDataModule(_SegDataModule):
 
 
 class VideoSegDataModule(_SegDataModule):
-    """Video segmentation: windows of ``frames`` consecutive frames, tokenized by a video tokenizer
+    __doc__ = (
+        """Video segmentation: windows of ``frames`` consecutive frames, tokenized by a video tokenizer
     (``video_mc``, ``video_lac``, ``tac``, ``ltac``).
 
     Args:
@@ -486,8 +502,9 @@ class VideoSegDataModule(_SegDataModule):
             sequence ends flush with it, so every frame is evaluated).
         static: static-video mode (tac/ltac with ``static=True``): the batch still carries all T frames,
             the model looks at frame 0 only, the target is the whole window.
-        The rest: as :class:`ImageSegDataModule`.
-    """
+"""
+        + _SHARED_ARGS
+    )
 
     tasks = ("video", "static_video")
     is_video = True
