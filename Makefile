@@ -9,6 +9,7 @@ export MPLBACKEND := Agg
 
 .PHONY: install system-deps quickstart test test-slow lint format bench clean
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs PyTorch's CPU-only build first (README: Installing by hand).
 # Debian data packages (Fashion-MNIST, MRI atlas); needs root, skipped with a note otherwise.
 system-deps:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -21,6 +22,7 @@ system-deps:
 $(BIN)/rleseg: pyproject.toml setup.py rleseg/tokenizers/_kernels.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install -q torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
 	touch $(BIN)/rleseg
 
