@@ -13,18 +13,17 @@ the error is the margin a budget should leave. Run it on a GPU to measure with
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from rleseg.commands.experiments import compose_experiment  # noqa: E402
 from rleseg.memory import estimate_config_memory, instantiate_data, measure_config_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +38,7 @@ SIZES: dict[str, dict[str, Any]] = {
 
 def config_for(size: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """The quickstart config with a model size and batch size (small data: only shapes matter here)."""
-    config = copy.deepcopy(yaml.safe_load((ROOT / "experiments" / "quickstart.yaml").read_text()))
+    config = compose_experiment(ROOT / "experiments" / "quickstart.yaml")  # with its shared pieces
     config["model"]["init_args"].update(size)
     config["data"]["init_args"].update(batch_size=batch_size)
     config["data"]["init_args"]["source_args"].update(num_train=8, num_val=4)

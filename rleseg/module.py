@@ -166,24 +166,25 @@ SIZE_DEFAULTS: dict[str, Any] = {
 def resolve_preset(options: Any) -> dict[str, Any]:
     """The model sizes that ``options`` (RLESegModule arguments, with ``preset``) build.
 
-    Each size option left at the module's default (:data:`SIZE_DEFAULTS`) takes the preset's value;
-    one set to anything else is kept (``preset: tiny`` + ``mlp_dim: 256`` is tiny with a narrower MLP).
+    A size option given (not None) is kept; one left unset takes the preset's value, or without a preset
+    the module's default (:data:`SIZE_DEFAULTS`). ``preset: tiny`` + ``mlp_dim: 256`` is tiny with a
+    narrower MLP; ``preset: tiny`` + ``d_model: 256`` is tiny at width 256.
 
     >>> sizes = resolve_preset({"preset": "tiny", "mlp_dim": 256})
-    >>> sizes["d_model"], sizes["mlp_dim"]
-    (128, 256)
+    >>> sizes["d_model"], sizes["mlp_dim"], resolve_preset({})["d_model"]
+    (128, 256, 256)
     """
     from rleseg.models import Pix2Seq
 
-    get = options.get
-    preset = get("preset")
-    values = {k: get(k, default) for k, default in SIZE_DEFAULTS.items()}
-    if not preset:
-        return values
-    if preset not in Pix2Seq.size_presets:
+    preset = options.get("preset")
+    if preset and preset not in Pix2Seq.size_presets:
         raise ValueError(f"unknown model preset {preset!r}; presets are {sorted(Pix2Seq.size_presets)}")
-    chosen = Pix2Seq.size_presets[preset]
-    return {k: (chosen.get(k, v) if v == SIZE_DEFAULTS[k] else v) for k, v in values.items()}
+    chosen = Pix2Seq.size_presets[preset] if preset else {}
+    values = {}
+    for key, default in SIZE_DEFAULTS.items():
+        given = options.get(key)
+        values[key] = given if given is not None else chosen.get(key, default)
+    return values
 
 
 class SegModuleBase(LightningModule):
@@ -467,8 +468,9 @@ class RLESegModule(SegModuleBase):
         data_info: what the model needs to know about its data (:class:`DataInfo`; linked from the
             DataModule by the CLI, saved in checkpoints).
         preset: a model size of :attr:`rleseg.models.Pix2Seq.size_presets` (``tiny``, ``small``,
-            ``paper``): its backbone, feature stride, width, depths, heads and MLP width replace those
-            options that are left at this module's defaults (see :func:`resolve_preset`).
+            ``paper``): it sets the backbone, feature stride, width, depths, heads and MLP width that are
+            left unset (see :func:`resolve_preset`). Without a preset, unset sizes are resnet18, stride 16,
+            d_model 256, 6 + 6 layers, 8 heads, MLP 1024.
         backbone: a timm model name (the visual encoder's feature extractor).
         pretrained: start from timm's pretrained weights (downloads; inputs are then normalised as those
             weights expect).
@@ -521,17 +523,17 @@ class RLESegModule(SegModuleBase):
         self,
         data_info: DataInfo | dict | None = None,
         preset: str | None = None,
-        backbone: str = "resnet18",
+        backbone: str | None = None,
         pretrained: bool = False,
         weights_path: str | None = None,
-        feature_stride: int = 16,
+        feature_stride: int | None = None,
         deep_stride: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
-        d_model: int = 256,
-        encoder_layers: int = 6,
-        decoder_layers: int = 6,
-        num_heads: int = 8,
-        mlp_dim: int = 1024,
+        d_model: int | None = None,
+        encoder_layers: int | None = None,
+        decoder_layers: int | None = None,
+        num_heads: int | None = None,
+        mlp_dim: int | None = None,
         dropout: float = 0.1,
         fusion: Literal["sequential", "late"] = "sequential",
         eos_weight: float = 1.0,

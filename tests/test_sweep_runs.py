@@ -168,7 +168,7 @@ def test_sweep_keeps_metrics_and_predictions_and_exports(recorded: tuple[SweepSp
     for t in study.get_trials():
         logs = out / f"trial_{t.number:04d}" / "logs"
         assert (logs / "metrics.csv").is_file()
-        assert (logs / "val_predictions" / "epoch_000.png").is_file()
+        assert list((logs / "val_predictions").glob("epoch_000_step*.png"))
     frame = __import__("pandas").read_csv(out / "trials.csv")  # written when the sweep ends
     assert len(frame) == 3 and set(frame["state"]) == {"COMPLETE"}
     for column in (

@@ -102,19 +102,14 @@ def _load_mapping(path: Path) -> dict[str, Any]:
 
 
 def _set_dotted(config: dict[str, Any], key: str, value: Any, path: Path) -> None:
-    parts = key.split(".")
-    node = config
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise CompositionError(
-                f"{path}: {key!r} changes a key inside {'.'.join(parts[: i + 1])!r}, which holds "
-                f"{child!r}; in one file, give a section either as a file name or change its keys"
-            )
-        node = child
-    node[parts[-1]] = value
+    from rleseg.sweep.spec import SweepError, set_dotted
+
+    try:
+        set_dotted(config, key, value)
+    except SweepError as exc:
+        raise CompositionError(
+            f"{path}: {exc}; in one file, give a section either as a file name or change its keys"
+        ) from None
 
 
 def compose_experiment(path: str | Path) -> dict[str, Any]:

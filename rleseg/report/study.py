@@ -458,12 +458,16 @@ def _metrics_csv(trial_dir: Path | None) -> Path | None:
 def _predictions_png(trial_dir: Path | None) -> Path | None:
     if trial_dir is None:
         return None
+    # epoch_EEE_stepSSSSSS.png (named by global step since validations can run mid-epoch), or the older
+    # epoch_EEE.png: the latest validation's grid
+    pattern = re.compile(r"epoch_(\d+)(?:_step(\d+))?\.png")
     found = [
-        p for p in trial_dir.rglob("val_predictions/epoch_*.png") if re.fullmatch(r"epoch_\d+\.png", p.name)
+        (m, p) for p in trial_dir.rglob("val_predictions/epoch_*.png") if (m := pattern.fullmatch(p.name))
     ]
     if not found:
         return None
-    return max(found, key=lambda p: (int(re.findall(r"\d+", p.name)[0]), p.stat().st_mtime))
+    latest = max(found, key=lambda mp: (int(mp[0][1]), int(mp[0][2] or -1), mp[1].stat().st_mtime))
+    return latest[1]
 
 
 def _column_name(metric: str) -> str:

@@ -601,8 +601,10 @@ class SweepSpec:
     def base_config(self) -> dict[str, Any]:
         if not self.base.is_file():
             raise FileNotFoundError(f"base experiment {str(self.base)!r} of sweep {self.name!r} not found")
-        with open(self.base) as f:
-            return yaml.safe_load(f) or {}
+        from rleseg.commands.experiments import compose_experiment
+
+        # an experiment file may include shared pieces (config: / model: FILE); a frozen base is one file
+        return compose_experiment(self.base)
 
     def trial_config(
         self, params: Mapping[str, Any], base: Mapping[str, Any] | None = None, trial_dir: Path | None = None
