@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -166,22 +166,31 @@ def train_trial(
     return record, (pruning.message if pruning is not None and pruning.pruned else None)
 
 
-def _parent_watchdog() -> None:
-    # A child whose sweep process was killed (SIGKILL leaves no chance to clean up) must not train on.
+def _parent_watchdog() -> Callable[[], None]:
+    """Stop this child when its sweep process is gone; returns a check to call before writing results.
+
+    A child whose sweep process was killed (SIGKILL leaves no chance to clean up) must not train on, and
+    must never leave a result for a sweep that no longer waits for it: the thread polls while training
+    runs, and the returned check closes the window between its last poll and the result file.
+    """
     parent = os.getppid()
+
+    def orphaned() -> None:
+        if os.getppid() != parent:
+            os._exit(137)
 
     def watch() -> None:
         while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(137)
+            time.sleep(0.25)
+            orphaned()
 
     threading.Thread(target=watch, daemon=True).start()
+    return orphaned
 
 
 def child_main(job_path: str) -> int:
     """Entry point of a trial's child process (``runner: process``)."""
-    _parent_watchdog()
+    exit_if_orphaned = _parent_watchdog()
     job = json.loads(Path(job_path).read_text())
     result_path = Path(job["result"])
     try:
@@ -202,6 +211,7 @@ def child_main(job_path: str) -> int:
             "traceback": traceback.format_exc(),
         }
         code = 1
+    exit_if_orphaned()
     result_path.write_text(json.dumps(result, default=_json_default))
     return code
 
