@@ -352,14 +352,14 @@ class SegModuleBase(LightningModule):
                 self.log(
                     f"{stage}/{prefix}{key}_mean", values[f"mean_{key}"], sync_dist=False, prog_bar=headline
                 )
-            if prefix == "" and stage == "val":
-                # TensorBoard's hparams view pairs each run's hyperparameters with this number
-                self.log("hp_metric", values["mean_dice"], sync_dist=False)
                 if prefix == "":
                     for c in range(1, self.num_classes):
                         v = values[key][c]
                         if not torch.isnan(v):
                             self.log(f"{stage}/{key}_{names[c] if c < len(names) else c}", v)
+            if prefix == "" and stage == "val":
+                # TensorBoard's hparams view pairs each run's hyperparameters with this number
+                self.log("hp_metric", values["mean_dice"], sync_dist=False)
             metric.reset()
         if self.task.panoptic:
             pq = getattr(self, f"{stage}_pq")
