@@ -31,7 +31,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,8 @@ import numpy as np
 import torch
 
 from rleseg.checkpoints import CheckpointError, load_checkpoint
+from rleseg.data.patches import cut_patches, stitch_patches
+from rleseg.data.transforms import normalize, resize_frames, resize_labels
 
 __all__ = ["Segmenter", "as_rgb", "load_segmenter", "resize_labels"]
 
@@ -66,34 +67,6 @@ def as_rgb(image: Any) -> np.ndarray:
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     return np.ascontiguousarray(array[..., :3])
-
-
-def resize_labels(mask: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resize of the last two axes of an integer map (centre-aligned, as training)."""
-    from rleseg.data.transforms import _nearest_index
-
-    h, w = (int(v) for v in size)
-    H, W = mask.shape[-2:]
-    if (H, W) == (h, w):
-        return mask
-    return mask[..., _nearest_index(H, h)[:, None], _nearest_index(W, w)[None, :]]
-
-
-def _resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    from rleseg.data.transforms import resize_clip
-
-    frames = image[None] if image.ndim == 3 else image
-    out, _ = resize_clip(frames, np.zeros(frames.shape[:3], np.int32), size)
-    return out[0] if image.ndim == 3 else out
-
-
-def _vote(stack: np.ndarray) -> np.ndarray:
-    """Majority label over axis 0 (ties: the smaller label)."""
-    if len(stack) == 1:
-        return stack[0]
-    labels = np.unique(stack)
-    counts = np.stack([(stack == label).sum(axis=0) for label in labels])
-    return labels[np.argmax(counts, axis=0)]
 
 
 # ------------------------------------------------------------------------------------------ segmenter
@@ -183,10 +156,7 @@ class Segmenter:
             log.warning("rleseg: %s", message)
 
     def _tensor(self, images: np.ndarray) -> torch.Tensor:
-        mean = np.asarray(self.info.mean, np.float32)
-        std = np.asarray(self.info.std, np.float32)
-        x = (images.astype(np.float32) / 255.0 - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, -3))).to(self.device)
+        return torch.from_numpy(normalize(images, self.info.mean, self.info.std)).to(self.device)
 
     @torch.no_grad()
     def _run(self, inputs: np.ndarray) -> np.ndarray:
@@ -213,12 +183,10 @@ class Segmenter:
         return tile, stride  # type: ignore[return-value]
 
     def _predict_image(self, image: np.ndarray) -> np.ndarray:
-        from rleseg.data.patches import cut_patches, stitch_patches
-
         original = image.shape[:2]
         work = image
         if self.info.image_size is not None and tuple(original) != tuple(self.info.image_size):
-            work = _resize_image(image, self.info.image_size)  # as the training data was
+            work = resize_frames(image[None], self.info.image_size)[0]  # as the training data was
         size = tuple(work.shape[:2])
         tiling = self._tiling(size)
         if tiling is not None:
@@ -233,7 +201,7 @@ class Segmenter:
                     f"images of {size[0]}x{size[1]} are resized to the model input {model[0]}x{model[1]} "
                     "and their masks resized back"
                 )
-                work = _resize_image(work, model)
+                work = resize_frames(work[None], model)[0]
             mask = self._run(work[None])[0]
         return resize_labels(mask, original)
 
@@ -259,7 +227,7 @@ class Segmenter:
             from rleseg.data.sources.folder import list_images
 
             clip = list_images(Path(clip))
-        frames = [as_rgb(f) for f in clip] if not isinstance(clip, np.ndarray) else [as_rgb(f) for f in clip]
+        frames = [as_rgb(f) for f in clip]
         if not frames:
             raise ValueError("a clip needs at least one frame")
         if len({f.shape for f in frames}) > 1:
@@ -276,7 +244,7 @@ class Segmenter:
                 f"frames of {original[0]}x{original[1]} are resized to the model input {model[0]}x{model[1]} "
                 "and their masks resized back"
             )
-            clip = _resize_image(clip, model)
+            clip = resize_frames(clip, model)
         frames = max(1, int(self.info.frames))
         if T < frames:  # repeat the last frame to fill one window
             clip = np.concatenate([clip, np.repeat(clip[-1:], frames - T, axis=0)])
@@ -289,7 +257,10 @@ class Segmenter:
         for s, window in zip(starts, preds, strict=True):
             for t, frame in enumerate(window):
                 votes[s + t].append(frame)
-        masks = np.stack([_vote(np.stack(v)) for v in votes[:T]])
+        # each frame's majority label over the windows that hold it (ties: the smaller label), as tiles vote
+        masks = np.stack(
+            [stitch_patches(np.stack(v), np.zeros((len(v), 2), np.int64), model) for v in votes[:T]]
+        )
         return resize_labels(masks, original)
 
 

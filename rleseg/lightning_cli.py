@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rleseg.callbacks import RandomState, RunSummary
-from rleseg.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
-from rleseg.module import MODEL_CLASSES, DataInfo, resolve_preset
+from rleseg.checkpoints import CheckpointError, is_remote, load_checkpoint, local_path, save_error
+from rleseg.fileio import atomic_write
+from rleseg.module import MODEL_CLASSES, DataInfo, plain_value, resolve_preset
 
 #: Model classes a checkpoint may name when the configuration names none.
 ALLOWED_MODEL_CLASSES = tuple(MODEL_CLASSES)
@@ -28,15 +31,25 @@ RUNTIME_SETTINGS = frozenset(
 INIT_SETTINGS = frozenset({"pretrained", "weights_path"})
 
 
-def _plain(value: Any) -> Any:
-    """Comparable form of a setting (tuples and lists alike, namespaces as dicts)."""
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO``: weights-only loads from any location, atomic saves of local files."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if storage_options is not None or is_remote(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        try:
+            atomic_write(local_path(path), lambda fh: torch.save(checkpoint, fh))
+        except OSError as exc:
+            raise save_error(path, exc) from exc
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        # weights_only is ignored on purpose: a checkpoint is never unpickled with arbitrary objects
+        return load_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+
+    def remove_checkpoint(self, path) -> None:
+        if is_remote(path):
+            return super().remove_checkpoint(path)
+        local_path(path).unlink(missing_ok=True)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -206,7 +219,7 @@ class RlesegCLI(LightningCLI):
         if not hparams:
             return
         current = model.get("init_args") if model is not None and config_class == class_path else None
-        current = _plain(current) if current is not None else {}
+        current = plain_value(current) if current is not None else {}
         if current and "preset" in current:  # compare the sizes the config builds, not its literal values
             current.update(resolve_preset(current))
         updates: dict[str, Any] = {}
@@ -217,7 +230,7 @@ class RlesegCLI(LightningCLI):
                 self._note(f"checkpoint setting {key}={saved!r} is not an option of {class_path}; ignored")
                 continue
             mine = current.get(key, saved)
-            if _plain(saved) == _plain(mine):
+            if plain_value(saved) == plain_value(mine):
                 continue
             if key in RUNTIME_SETTINGS:
                 self._note(

@@ -25,6 +25,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 from rleseg.data.patches import cut_patches, stitch_patches
+from rleseg.data.transforms import IMAGENET_MEAN as _IMAGENET_MEAN
+from rleseg.data.transforms import IMAGENET_STD as _IMAGENET_STD
 from rleseg.diagnostics import TokenDiagnostics
 from rleseg.metrics import ConfusionMatrix, PanopticMetrics, SegmentationMetrics, SequenceStats, WeightedMean
 from rleseg.tasks import get_task
@@ -32,12 +34,25 @@ from rleseg.tokenizers.base import EOS, PAD, Tokenizer
 from rleseg.tokenizers.runs import subsample, upsample
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def plain_value(value: Any) -> Any:
+    """A setting as plain YAML/JSON data, so that equal settings compare equal: namespaces as dicts,
+    tuples as lists, numpy scalars as Python numbers.
+
+    >>> plain_value({"shape": (64, 64), "n": np.int64(3)})
+    {'shape': [64, 64], 'n': 3}
+    """
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the data's normalisation, as plain numbers for the contract (the arrays live in rleseg.data.transforms)
+IMAGENET_MEAN = tuple(float(v) for v in _IMAGENET_MEAN)
+IMAGENET_STD = tuple(float(v) for v in _IMAGENET_STD)
 
 
 @dataclass
@@ -101,7 +116,7 @@ class DataInfo:
             in_chans=int(getattr(dm, "in_chans", 3)),
             label_divisor=int(getattr(dm, "label_divisor", 1000)),
             tokenizer=str(spec.get("name", "")),
-            tokenizer_args=_plain_args(spec.get("args", {})),
+            tokenizer_args=plain_value(dict(spec.get("args", {}))),
             image_size=_pair(getattr(dm, "image_size", None)),
             patch_size=_pair(getattr(dm, "patch_size", None)),
             patch_stride=_pair(getattr(dm, "patch_stride", None)),
@@ -136,19 +151,6 @@ class DataInfo:
 
 def _pair(value: Any) -> tuple[int, int] | None:
     return None if value is None else (int(value[0]), int(value[1]))
-
-
-def _plain_args(args: dict[str, Any]) -> dict[str, Any]:
-    """Tokenizer arguments as plain YAML/JSON values (tuples as lists, numpy scalars as Python ones)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        return v.item() if hasattr(v, "item") else v
-
-    return {str(k): plain(v) for k, v in args.items()}
 
 
 #: The size options of RLESegModule a preset sets, with the module's own defaults.
@@ -385,7 +387,9 @@ class SegModuleBase(LightningModule):
         if not isinstance(saved, dict):
             return  # an older checkpoint: the state dict's own shape check still applies
         mine = asdict(self.info)
-        differ = [k for k in self._WEIGHT_SHAPING if k in saved and _plain(saved[k]) != _plain(mine[k])]
+        differ = [
+            k for k in self._WEIGHT_SHAPING if k in saved and plain_value(saved[k]) != plain_value(mine[k])
+        ]
         if differ:
             was = ", ".join(f"{k} {saved[k]!r}" for k in differ)
             now = ", ".join(f"{k} {mine[k]!r}" for k in differ)

@@ -46,6 +46,7 @@ __all__ = [
     "denormalize",
     "normalize",
     "resize_clip",
+    "resize_frames",
     "resize_labels",
 ]
 
@@ -54,13 +55,16 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 AUGMENT_KEYS = ("hflip", "vflip", "rotate90", "affine", "color", "extra")
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``, ImageNet mean/std normalised.
+def normalize(
+    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
+    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``, mean/std normalised (ImageNet's by default).
 
     >>> normalize(np.full((2, 2, 3), 255, np.uint8)).shape
     (3, 2, 2)
     """
-    x = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    x = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
@@ -113,15 +117,24 @@ def resize_clip(image: np.ndarray, labels: np.ndarray, size: Sequence[int]) -> t
     >>> img.shape, lab.shape, int(lab.min())
     ((1, 4, 4, 3), (1, 4, 4), 1)
     """
+    return resize_frames(image, size), resize_labels(labels, size)
+
+
+def resize_frames(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize frames ``[T, H, W, 3]`` to ``size`` (h, w): area when shrinking, linear when enlarging.
+
+    >>> resize_frames(np.zeros((2, 8, 8, 3), np.uint8), (4, 6)).shape
+    (2, 4, 6, 3)
+    """
     import cv2
 
     h, w = (int(v) for v in size)
     H, W = image.shape[1:3]
     if (H, W) == (h, w):
-        return image, labels
+        return image
     interp = cv2.INTER_AREA if h <= H and w <= W else cv2.INTER_LINEAR
     out = np.stack([cv2.resize(frame, (w, h), interpolation=interp) for frame in image])
-    return out.reshape(len(image), h, w, 3), resize_labels(labels, (h, w))
+    return out.reshape(len(image), h, w, 3)
 
 
 class Augmenter:
