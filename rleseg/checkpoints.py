@@ -1,14 +1,14 @@
 """Reading and writing checkpoints safely.
 
 * :func:`load_checkpoint` is the one way rleseg reads a checkpoint (CLI verbs through
-  :class:`SafeCheckpointIO`, ``--ckpt_path`` hyperparameters, backbone ``weights_path``). It is always
+  ``SafeCheckpointIO``, ``--ckpt_path`` hyperparameters, backbone ``weights_path``). It is always
   weights-only (``torch.load(weights_only=True)``: tensors and plain data, never arbitrary pickled
   objects), whatever the location: a local path, ``file://``, ``http(s)://`` or any fsspec URL.
   Lightning itself loads URLs with ``weights_only=False`` unless told otherwise, which would run a
   checkpoint's pickle code.
-* :class:`SafeCheckpointIO` is the Trainer's checkpoint plugin: weights-only loading as above, and
-  crash-safe saving (:func:`rleseg.fileio.atomic_write`): a checkpoint is either complete under its
-  final name or absent; a kill or a full disk during a save leaves the previous ``last.ckpt`` intact.
+* :class:`rleseg.lightning_cli.SafeCheckpointIO`, the Trainer's checkpoint plugin, loads through
+  :func:`load_checkpoint` and saves crash-safely (:func:`rleseg.fileio.atomic_write`). This module itself
+  needs torch only (no Lightning): the backbones read ``weights_path`` through it.
 * Every failure is a :class:`CheckpointError` whose message says what is wrong and what to do; the CLI
   prints it as one line.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["CheckpointError", "SafeCheckpointIO", "is_remote", "load_checkpoint", "read_bytes"]
+__all__ = ["CheckpointError", "is_remote", "load_checkpoint", "local_path", "read_bytes", "save_error"]
 
 
 class CheckpointError(ValueError):
@@ -37,7 +37,8 @@ def is_remote(path: str | os.PathLike) -> bool:
     return len(scheme) > 1 and scheme != "file"  # one letter: a Windows drive
 
 
-def _local(path: str | os.PathLike) -> Path | None:
+def local_path(path: str | os.PathLike) -> Path | None:
+    """The local file behind ``path`` (a plain path or ``file://``), or None for a URL."""
     text = str(path)
     if text.startswith("file://"):
         return Path(urlparse(text).path)
@@ -89,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, light
     """
     import torch
 
-    local = _local(path)
+    local = local_path(path)
     if local is not None:
         if local.is_dir():
             raise CheckpointError(f"checkpoint {path} is a folder; pass a .ckpt file inside it")
@@ -130,7 +131,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, light
     return checkpoint
 
 
-def _save_error(path: str | os.PathLike, exc: OSError) -> CheckpointError:
+def save_error(path: str | os.PathLike, exc: OSError) -> CheckpointError:
+    """The one-line error for an OS error while writing checkpoint ``path`` (full disk, read-only, ...)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointError(
             f"cannot save checkpoint {path}: no space left on the device; the previous checkpoint is "
@@ -142,34 +144,3 @@ def _save_error(path: str | os.PathLike, exc: OSError) -> CheckpointError:
             "--trainer.default_root_dir"
         )
     return CheckpointError(f"cannot save checkpoint {path}: {exc.strerror or exc}")
-
-
-def _checkpoint_io_base():
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
-    return TorchCheckpointIO
-
-
-class SafeCheckpointIO(_checkpoint_io_base()):
-    """Lightning ``CheckpointIO``: weights-only loads from any location, atomic saves of local files."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
-        if storage_options is not None or is_remote(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        import torch
-
-        from rleseg.fileio import atomic_write
-
-        try:
-            atomic_write(_local(path), lambda fh: torch.save(checkpoint, fh))
-        except OSError as exc:
-            raise _save_error(path, exc) from exc
-
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        # weights_only is ignored on purpose: a checkpoint is never unpickled with arbitrary objects
-        return load_checkpoint(path, map_location="cpu" if map_location is None else map_location)
-
-    def remove_checkpoint(self, path) -> None:
-        if is_remote(path):
-            return super().remove_checkpoint(path)
-        Path(_local(path)).unlink(missing_ok=True)

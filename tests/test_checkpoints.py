@@ -19,26 +19,15 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback
+from tiny_runs import TINY_RUN
 
-from rleseg.checkpoints import CheckpointError, SafeCheckpointIO, load_checkpoint
+from rleseg.checkpoints import CheckpointError, load_checkpoint
 from rleseg.cli import main
-from rleseg.lightning_cli import RlesegCLI
+from rleseg.lightning_cli import RlesegCLI, SafeCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "quickstart.yaml"
-TINY = [
-    "--model.init_args.d_model=32",
-    "--model.init_args.encoder_layers=1",
-    "--model.init_args.decoder_layers=1",
-    "--model.init_args.mlp_dim=64",
-    "--model.init_args.num_vis=0",
-    "--data.init_args.limit_train=8",
-    "--data.init_args.limit_val=2",
-    "--data.init_args.batch_size=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.logger=false",
-    "--trainer.num_sanity_val_steps=0",
-]
+TINY = TINY_RUN
 
 
 @pytest.fixture
@@ -274,7 +263,7 @@ def test_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(w
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from rleseg.checkpoints import SafeCheckpointIO
+    from rleseg.lightning_cli import SafeCheckpointIO
     io, target = SafeCheckpointIO(), sys.argv[1]
     big = torch.arange(6_000_000, dtype=torch.float32)
     for i in range(10_000):
