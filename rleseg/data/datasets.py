@@ -119,12 +119,8 @@ class ResumableDataLoader(DataLoader):
         self._batches = 0
 
     def _epoch_sampler(self) -> EpochSampler | None:
-        sampler = self.sampler
-        while sampler is not None and not isinstance(sampler, EpochSampler):
-            sampler = getattr(sampler, "sampler", None) or getattr(sampler, "dataset", None)
-            if not isinstance(sampler, Sampler):
-                return None
-        return sampler
+        # None under a sampler Lightning put in front of ours (DDP): its position is then not saved
+        return self.sampler if isinstance(self.sampler, EpochSampler) else None
 
     def __iter__(self) -> Iterator[Any]:
         sampler = self._epoch_sampler()

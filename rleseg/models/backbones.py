@@ -113,11 +113,7 @@ def _create_features(
         )
     except Exception as err:
         if pretrained:
-            offline = [
-                v
-                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-                if os.environ.get(v, "") not in ("", "0")
-            ]
+            offline = hub_offline_variables()
             why = (
                 f"{' and '.join(offline)} is set and they are not in the local Hugging Face cache: unset "
                 "it to download them"
@@ -337,11 +333,15 @@ def _deepest_stages(infos: list[dict[str, Any]], *, above: int, upto: int) -> li
     return [deepest[r] for r in sorted(deepest)]
 
 
+def hub_offline_variables() -> list[str]:
+    """The Hugging Face offline switches set in the environment: a pretrained download then fails."""
+    return [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+
+
 def pretrained_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The (mean, std) timm's pretrained weights of ``name`` expect, or None if timm does not say."""
     try:
-        cfg = timm.models.get_pretrained_cfg(name.split(".")[0]) if "." not in name else None
-        cfg = cfg or timm.models.get_pretrained_cfg(name)
+        cfg = timm.models.get_pretrained_cfg(name)
     except Exception:
         return None
     if cfg is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,12 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rleseg.models.backbones import _check_name, create_feature_pyramid, load_backbone_weights
+from rleseg.models.backbones import (
+    _check_name,
+    create_feature_pyramid,
+    hub_offline_variables,
+    load_backbone_weights,
+)
 from rleseg.models.pix2seq import ModelConfigError
 
 __all__ = ["SMP_ARCHS", "DenseSegmenter", "SmpDenseSegmenter", "build_dense_model", "dense_archs"]
@@ -38,7 +42,32 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
     )
 
 
-class DenseSegmenter(nn.Module):
+class _FrameSegmenter(nn.Module):
+    """What both dense models share: ``_segment`` maps images ``[B, C, H, W]`` to logits at their size;
+    clips are segmented frame by frame."""
+
+    frames: int
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (all, or only those with ``requires_grad``)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def _segment(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``[B, N, H, W]`` for images, ``[B, T, N, H, W]`` for clips ``[B, T, C, H, W]``."""
+        if images.ndim == 4 and self.frames == 1:
+            return self._segment(images)
+        if images.ndim == 5:
+            b, t = images.shape[:2]
+            return self._segment(images.flatten(0, 1)).unflatten(0, (b, t))
+        raise ValueError(
+            f"{type(self).__name__} takes [B, C, H, W] or [B, T, C, H, W]; got shape {tuple(images.shape)}"
+        )
+
+
+class DenseSegmenter(_FrameSegmenter):
     """A timm backbone with a small FPN head: images → per-pixel class logits.
 
     Args:
@@ -92,10 +121,6 @@ class DenseSegmenter(nn.Module):
         )
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters (all, or only those with ``requires_grad``)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def _segment(self, images: Tensor) -> Tensor:
         features = self.backbone(images)
         x = self.smooth[-1](self.lateral[-1](features[-1]))
@@ -103,17 +128,6 @@ class DenseSegmenter(nn.Module):
             up = F.interpolate(x, size=features[i].shape[-2:], mode="bilinear", align_corners=False)
             x = self.smooth[i](self.lateral[i](features[i]) + up)
         return F.interpolate(self.classifier(x), size=images.shape[-2:], mode="bilinear", align_corners=False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Logits ``[B, N, H, W]`` for images, ``[B, T, N, H, W]`` for clips ``[B, T, C, H, W]``."""
-        if images.ndim == 4 and self.frames == 1:
-            return self._segment(images)
-        if images.ndim == 5:
-            b, t = images.shape[:2]
-            return self._segment(images.flatten(0, 1)).unflatten(0, (b, t))
-        raise ValueError(
-            f"DenseSegmenter takes [B, C, H, W] or [B, T, C, H, W]; got shape {tuple(images.shape)}"
-        )
 
 
 # The architectures of segmentation-models-pytorch 0.6 (``smp.MODEL_ARCHITECTURES_MAPPING``); with smp
@@ -229,7 +243,7 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-class SmpDenseSegmenter(nn.Module):
+class SmpDenseSegmenter(_FrameSegmenter):
     """A segmentation-models-pytorch model on a timm encoder, called like :class:`DenseSegmenter`.
 
     Built by :func:`build_dense_model`; ``model`` is the smp model (``model.encoder.model`` the timm
@@ -256,10 +270,6 @@ class SmpDenseSegmenter(nn.Module):
     def weights_report(self) -> Any:
         return getattr(self.model.encoder.model, "weights_report", None)
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters (all, or only those with ``requires_grad``)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def _segment(self, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]
         if h % self.divisor or w % self.divisor:
@@ -273,17 +283,6 @@ class SmpDenseSegmenter(nn.Module):
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return logits
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Logits ``[B, N, H, W]`` for images, ``[B, T, N, H, W]`` for clips ``[B, T, C, H, W]``."""
-        if images.ndim == 4 and self.frames == 1:
-            return self._segment(images)
-        if images.ndim == 5:
-            b, t = images.shape[:2]
-            return self._segment(images.flatten(0, 1)).unflatten(0, (b, t))
-        raise ValueError(
-            f"SmpDenseSegmenter takes [B, C, H, W] or [B, T, C, H, W]; got shape {tuple(images.shape)}"
-        )
 
 
 def build_dense_model(
@@ -413,11 +412,7 @@ def build_dense_model(
         )
     except Exception as err:
         if pretrained:
-            offline = [
-                v
-                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-                if os.environ.get(v, "0") not in ("", "0")
-            ]
+            offline = hub_offline_variables()
             why = (
                 f"{' and '.join(offline)} is set and they are not in the local Hugging Face cache; unset it "
                 "on a machine with network access, or"
