@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import TINY_RUN
 
 from rleseg.checkpoints import CheckpointError
 from rleseg.cli import main
@@ -19,20 +20,7 @@ from rleseg.inference import Segmenter, load_segmenter, resize_labels
 from rleseg.lightning_cli import RlesegCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--model.init_args.d_model=32",
-    "--model.init_args.encoder_layers=1",
-    "--model.init_args.decoder_layers=1",
-    "--model.init_args.mlp_dim=64",
-    "--model.init_args.num_vis=0",
-    "--data.init_args.limit_train=8",
-    "--data.init_args.limit_val=2",
-    "--data.init_args.batch_size=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.logger=false",
-    "--trainer.num_sanity_val_steps=0",
-    "--trainer.max_steps=2",
-]
+TINY = [*TINY_RUN, "--trainer.max_steps=2"]
 EXPERIMENTS = {
     "image": "quickstart.yaml",
     "video": "video_composites_tac.yaml",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import TINY_TOKEN_MODEL
 
 from rleseg.data import ImageSegDataModule
 from rleseg.lightning_cli import RlesegCLI
@@ -16,13 +17,7 @@ from rleseg.module import DataInfo, DenseSegModule, RLESegModule
 from rleseg.tokenizers import create_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_MODEL = [
-    "--model.init_args.d_model=32",
-    "--model.init_args.encoder_layers=1",
-    "--model.init_args.decoder_layers=1",
-    "--model.init_args.mlp_dim=64",
-    "--model.init_args.num_vis=2",
-]
+SMALL_MODEL = [*TINY_TOKEN_MODEL, "--model.init_args.num_vis=2"]
 TRAINER = [
     "--trainer.enable_progress_bar=false",
     "--trainer.num_sanity_val_steps=0",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import TINY_TOKEN_MODEL
 
 from rleseg.cli import main
 
@@ -15,10 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--config",
     str(ROOT / "experiments" / "quickstart.yaml"),
-    "--model.init_args.d_model=32",
-    "--model.init_args.encoder_layers=1",
-    "--model.init_args.decoder_layers=1",
-    "--model.init_args.mlp_dim=64",
+    *TINY_TOKEN_MODEL,
     "--model.init_args.num_vis=2",
     "--data.init_args.limit_train=16",
     "--data.init_args.limit_val=4",
