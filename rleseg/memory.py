@@ -39,6 +39,7 @@ Two real measurements check the estimate:
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -179,6 +180,17 @@ def _peak_tracker() -> Any:
     return PeakTracker()
 
 
+def _without_frames(err: BaseException) -> BaseException:
+    """``err`` with its traceback (and those of its causes) dropped, so the frames it held can be freed."""
+    seen: set[int] = set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        node.__traceback__ = None
+        node = node.__cause__ or node.__context__
+    return err
+
+
 def estimate_step_memory(make_step: Callable[[], TrainingStep], steps: int = 2) -> MemoryEstimate:
     """Estimate the peak memory of ``steps`` training steps without allocating any tensor memory.
 
@@ -195,19 +207,30 @@ def estimate_step_memory(make_step: Callable[[], TrainingStep], steps: int = 2) 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     start = time.perf_counter()
-    with FakeTensorMode(allow_non_fake_inputs=False), warnings.catch_warnings():
-        # torchmetrics deep-copies its default states, which reads a fake tensor's data pointer: harmless.
-        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        step = make_step()
-        tracker = _peak_tracker()
-        tracker.track_external(step.module, step.optimizer)
-        if step.batch is not None:
-            tracker.track_external(*[t for t in _tensors(step.batch)])
-        with tracker:
-            # The per-module statistics must be cleared between iterations; the global peak is kept.
-            step.run(steps, after_step=tracker.reset_mod_stats)
-        snapshot = tracker.get_tracker_snapshot("peak")
-        num_parameters = _num_parameters(step.module)
+    failure: BaseException | None = None
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=False), warnings.catch_warnings():
+            # torchmetrics deep-copies its default states, which reads a fake tensor's data pointer: harmless.
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+            step = make_step()
+            tracker = _peak_tracker()
+            tracker.track_external(step.module, step.optimizer)
+            if step.batch is not None:
+                tracker.track_external(*[t for t in _tensors(step.batch)])
+            with tracker:
+                # The per-module statistics must be cleared between iterations; the global peak is kept.
+                step.run(steps, after_step=tracker.reset_mod_stats)
+            snapshot = tracker.get_tracker_snapshot("peak")
+            num_parameters = _num_parameters(step.module)
+    except Exception as err:  # noqa: BLE001 - re-raised below, once the fake objects are gone
+        failure = _without_frames(err)
+    if failure is not None:
+        # A build that failed half-way leaves fake modules and tensors in reference cycles (held by the
+        # traceback's frames). Freed later -- inside the next estimate's fake mode, or at exit after two
+        # or more failures -- they corrupted the heap (a dry run with three unbuildable points ended in
+        # "free(): corrupted unsorted chunks" / SIGSEGV). Free them now, outside any fake mode.
+        gc.collect()
+        raise failure
     peak, breakdown = 0, dict.fromkeys(_CATEGORIES.values(), 0)
     for per_device in snapshot.values():
         for key, value in per_device.items():

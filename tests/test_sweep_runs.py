@@ -431,3 +431,26 @@ def test_resumed_and_parallel_seeded_sweeps_never_replay_start_up_trials(base_fi
     seeds = [s for run in runs for s in run["sampler_seeds"]]
     assert [len(run["sampler_seeds"]) for run in runs] == [1, 1, 2] and seeds[0] == 0
     assert len(set(seeds)) == 4
+
+
+def test_dry_run_survives_points_that_cannot_be_built(base_file: Path, tmp_path: Path):
+    # anchor: true refuses encodings whose start tokens name no 2-D cell. Each refusal happens half-way
+    # through building the model under FakeTensorMode; the fake leftovers used to be freed later, inside
+    # the next estimate or at exit, and corrupted the heap (SIGSEGV / "free(): corrupted ..." after 2+).
+    path = write_sweep(
+        tmp_path,
+        base_file,
+        "unbuildable",
+        search_space={"data.init_args.tokenizer": ["gap", "rowwise", "lac2d", "lac"]},
+        overrides={"model.init_args.anchor": True},
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "rleseg", "sweep", "--config", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("error: ValueError: anchor needs a tokenizer") == 3
+    assert "1 of 4 points fit 1024 MiB, 3 could not be estimated" in done.stdout
