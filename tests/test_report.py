@@ -789,6 +789,12 @@ def test_report_of_a_real_two_trial_sweep(tmp_path: Path, monkeypatch: pytest.Mo
         "pareto_4096mib.png",
     } <= names
     assert "**trials:** 2 — 2 complete" in md and md.count("data:image/png;base64,") == 0
+    # The header says which code and machine ran the study, and how the machine was shared.
+    import torch
+
+    threads = torch.get_num_threads()
+    assert "**Produced by** rleseg " in md
+    assert f"1 worker of {threads} thread{'s' if threads != 1 else ''} from " in md
     assert (out / "report.html").read_text().count("data:image/png;base64,") == len(names)
 
 

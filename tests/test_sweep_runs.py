@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -367,6 +368,7 @@ def test_progress_lines_count_estimate_and_name_the_best_trial(
                               f"--name records-cpu --out reports/records/")  # fmt: skip
     runs = study.user_attrs["runs"]
     assert len(runs) == 1 and runs[0]["workers"] == 1 and runs[0]["machine"] and runs[0]["version"]
+    assert runs[0]["threads"] == torch.get_num_threads()
 
 
 def test_dry_run_says_fits_or_over_budget_per_point(base_file: Path, tmp_path: Path):

@@ -700,6 +700,17 @@ def _section_seeds(doc: _Doc, data: _Data) -> None:
     doc.add(_Para(verdict, "note"))
 
 
+def _share(run: dict[str, Any]) -> str:
+    """``2 workers of 1 thread each`` from a run record (threads only where the run recorded them)."""
+    workers = int(run["workers"])
+    text = f"{workers} worker{'s' if workers != 1 else ''}"
+    threads = run.get("threads")
+    if threads:
+        text += f" of {int(threads)} thread{'s' if int(threads) != 1 else ''}"
+        text += " each" if workers != 1 else ""
+    return text
+
+
 def _provenance(doc: _Doc, data: _Data) -> None:
     """Which code, commit, machine and date produced the study, from what it recorded."""
     binding = data.study.user_attrs.get(rec.STUDY_BINDING) or {}
@@ -730,6 +741,10 @@ def _provenance(doc: _Doc, data: _Data) -> None:
         machines = list(dict.fromkeys(str(r.get("machine")) for r in runs if r.get("machine")))
         if machines:
             parts.append("on " + "; ".join(md_text(m) for m in machines))
+        # Wall-clock figures depend on how the machine was shared: K workers of T threads each.
+        shares = list(dict.fromkeys(_share(r) for r in runs if r.get("workers")))
+        if shares:
+            parts.append("; ".join(shares))
     where = f" from {md_code(binding['sweep_file'])}" if binding.get("sweep_file") else ""
     where += f" (base {md_code(binding['base'])})" if binding.get("base") else ""
     starts = f"; {len(runs)} start(s) of the sweep" if len(runs) > 1 else ""

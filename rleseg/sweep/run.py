@@ -58,6 +58,16 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _threads() -> int | None:
+    """Intra-op threads each training process uses (``OMP_NUM_THREADS``, else torch's default)."""
+    try:
+        import torch
+
+        return int(torch.get_num_threads())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+
+
 def machine() -> str:
     """The machine in words (processor, cores, GPU): written into each run of a study."""
     name = platform.processor() or platform.machine()
@@ -526,6 +536,7 @@ def run_sweep(
             "commit": binding["commit"],
             "machine": machine(),
             "workers": workers,
+            "threads": _threads(),
             "sampler_seeds": [st.sampler_seed(seed, run_index, w) for w in ids]
             if seed is not None and spec.sampler[0] != "grid"
             else seed,
