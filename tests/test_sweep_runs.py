@@ -8,6 +8,7 @@ scenes, one epoch), so each trial trains in a few seconds; the bookkeeping witho
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -218,7 +219,10 @@ def test_a_failed_trial_is_recorded_with_its_error_and_the_sweep_goes_on(base_fi
     # lr = 1e30 turns the weights to inf after the first step: the next loss is NaN. Process runner: the
     # error travels from the trial's child process back to the sweep.
     space = {"model.init_args.lr": [1.0e30, 2.0e-3]}
-    spec = SweepSpec.load(write_sweep(tmp_path, base_file, "nan", search_space=space, runner="process"))
+    # pruner median: each child process attaches to the study (its URL comes through the environment).
+    spec = SweepSpec.load(
+        write_sweep(tmp_path, base_file, "nan", search_space=space, runner="process", pruner="median")
+    )
     lines: list[str] = []
     study = run_sweep(spec, log=lines.append)
     by_lr = {t.params["lr"]: t for t in study.get_trials()}
@@ -235,6 +239,10 @@ def test_a_failed_trial_is_recorded_with_its_error_and_the_sweep_goes_on(base_fi
     assert good.user_attrs["val/dice_mean"] == good.value
     assert any(f"trial {failed.number} failed" in line and "non-finite" in line for line in lines), lines
     assert lines[-1].startswith("sweep nan-cpu: 2/2 trials done")
+    # The storage URL (a server's may hold a password) is not written into the trial folders.
+    for trial in study.get_trials():
+        job = json.loads((spec.resolved_output_dir() / f"trial_{trial.number:04d}" / "job.json").read_text())
+        assert job["prune"] and "storage" not in job and "study.db" not in json.dumps(job)
 
 
 # -------------------------------------------------------------------------------- SIGKILL, resume

@@ -39,7 +39,7 @@ import yaml
 from rleseg.sweep import record as rec
 from rleseg.sweep import study as st
 from rleseg.sweep.spec import SweepError, SweepSpec, check_keys, config_differences
-from rleseg.sweep.trial import Estimator, TrialFailed, train_trial
+from rleseg.sweep.trial import STORAGE_VARIABLE, Estimator, TrialFailed, train_trial
 
 Log = Callable[[str], None]
 
@@ -285,7 +285,6 @@ class _Worker:
             "result": str(trial_dir / "result.json"),
             "prune": prune,
             "monitor": monitor,
-            "storage": self.storage_url,
             "study_name": self.spec.study_name,
             "trial_id": st.trial_id(trial),
             "pruner": list(self.spec.pruner),
@@ -299,6 +298,9 @@ class _Worker:
             try:
                 proc = subprocess.run(
                     [sys.executable, "-m", "rleseg.sweep", "--run-trial", str(job_path)],
+                    # The storage URL (it may hold a password) reaches the child through its environment,
+                    # never through job.json in the trial folder.
+                    env={**os.environ, STORAGE_VARIABLE: self.storage_url},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     timeout=self.spec.trial_timeout_s,

@@ -23,6 +23,9 @@ from typing import Any
 from rleseg.sweep import record as rec
 from rleseg.sweep.spec import SweepError, SweepSpec, set_dotted
 
+#: the environment variable that hands a trial's child process the study's storage URL (runner: process)
+STORAGE_VARIABLE = "RLESEG_SWEEP_STORAGE"
+
 
 class TrialFailed(RuntimeError):
     """A trial whose training did not finish (exception, non-finite loss, killed child process).
@@ -199,7 +202,7 @@ def child_main(job_path: str) -> int:
             from rleseg.sweep.study import attach_trial
 
             trial = attach_trial(
-                job["storage"], job["study_name"], int(job["trial_id"]), tuple(job["pruner"])
+                os.environ[STORAGE_VARIABLE], job["study_name"], int(job["trial_id"]), tuple(job["pruner"])
             )
         record, pruned = train_trial(job["config"], trial, job.get("monitor", "val/dice_mean"))
         result = {"status": "pruned" if pruned else "complete", "record": record, "message": pruned}
