@@ -104,9 +104,14 @@ def environment_error(exc: BaseException) -> str | None:
     """A one-line explanation for failures caused by the machine, not by rleseg or the user's config.
 
     A folder that cannot be written (permissions, a read-only filesystem, a file where a folder should
-    be), a full disk, and a checkpoint whose tensors do not fit the model built from today's data.
+    be), a full disk, an optional dependency that is not installed (named with its extra), and a
+    checkpoint whose tensors do not fit the model built from today's data.
     """
     for err in _chain(exc):
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in OPTIONAL_MODULES:
+            module = (err.name or "").split(".")[0]
+            extra, what = OPTIONAL_MODULES[module]
+            return f"{what} needs {module}, which is not installed: pip install 'rleseg[{extra}]'"
         if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
             where = err.filename or "a file"
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -123,6 +128,16 @@ def environment_error(exc: BaseException) -> str | None:
             )
     return None
 
+
+#: optional dependencies -> (the extra that installs them, what needs them), for a one-line error
+OPTIONAL_MODULES = {
+    "nibabel": ("data", "reading NIfTI volumes (the MRI source)"),
+    "tifffile": ("data", "reading TIFF images and masks"),
+    "tensorboard": ("tensorboard", "the TensorBoard logger"),
+    "segmentation_models_pytorch": ("smp", "a dense model with an smp architecture (arch)"),
+    "psycopg": ("postgres", "a postgresql:// study storage"),
+    "optuna_dashboard": ("dashboard", "browsing a study"),
+}
 
 _WRITE_ERRNOS = frozenset(
     {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}

@@ -95,3 +95,21 @@ def test_every_model_and_data_option_has_help(cls_path):
     documented = {p.arg_name for p in docstring_parser.parse(cls.__doc__ or "").params}
     options = set(inspect.signature(cls.__init__).parameters) - {"self"}
     assert options <= documented, sorted(options - documented)
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_its_extra(tmp_path, monkeypatch):
+    # A TIFF mask read without tifffile (the `data` extra): the error names the extra to install.
+    import numpy as np
+
+    from rleseg.cli import environment_error
+    from rleseg.data.sources.folder import read_mask
+
+    np.save(tmp_path / "unused.npy", np.zeros((2, 2), np.uint8))
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # `import tifffile` raises ModuleNotFoundError
+    with pytest.raises(ModuleNotFoundError) as caught:
+        read_mask(tmp_path / "mask.tif")
+    assert environment_error(caught.value) == (
+        "reading TIFF images and masks needs tifffile, which is not installed: pip install 'rleseg[data]'"
+    )
+    # a module that is not an optional dependency stays a traceback (a bug or a broken install)
+    assert environment_error(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None
