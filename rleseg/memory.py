@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -181,7 +182,14 @@ def _peak_tracker() -> Any:
 
 
 def _without_frames(err: BaseException) -> BaseException:
-    """``err`` with its traceback (and those of its causes) dropped, so the frames it held can be freed."""
+    """``err`` with its traceback (and those of its causes) dropped, so the frames it held can be freed.
+
+    The dropped frames are kept as text in the exception's notes (printed with its traceback, e.g. in a
+    sweep trial's error.txt or under ``RLESEG_DEBUG=1``); ``str(err)`` is unchanged.
+    """
+    where = "".join(traceback.format_tb(err.__traceback__))
+    if where and hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note("raised while the model was built for the estimate, at:\n" + where.rstrip())
     seen: set[int] = set()
     node: BaseException | None = err
     while node is not None and id(node) not in seen:

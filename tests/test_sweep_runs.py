@@ -464,3 +464,16 @@ def test_dry_run_survives_points_that_cannot_be_built(base_file: Path, tmp_path:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("error: ValueError: anchor needs a tokenizer") == 3
     assert "1 of 4 points fit 1024 MiB, 3 could not be estimated" in done.stdout
+
+
+def test_an_estimate_that_cannot_build_keeps_where_it_failed_as_text():
+    from rleseg.memory import estimate_step_memory
+
+    def make_step() -> Any:
+        raise ValueError("no such model")
+
+    with pytest.raises(ValueError) as caught:
+        estimate_step_memory(make_step)
+    assert str(caught.value) == "no such model" and caught.value.__traceback__ is not None
+    if sys.version_info >= (3, 11):
+        assert "in make_step" in "\n".join(caught.value.__notes__)
