@@ -726,6 +726,14 @@ def test_command_accepts_a_folder_and_a_url(tmp_path: Path, capsys: pytest.Captu
 
 
 # ------------------------------------------------------------------------------------- helpers
+def test_over_budget_seeds_of_one_point_share_one_label():
+    from rleseg.report.figures import same_place_labels
+
+    points = [(17, 139.71), (11, 139.7), (3, 150.0)]
+    assert same_place_labels(points) == [(139.7, "#11, #17"), (150.0, "#3")]
+    assert same_place_labels([]) == []
+
+
 def test_pareto_front():
     assert pareto_front([10.0, 20.0, 30.0, 40.0], [0.5, 0.4, 0.8, 0.7]) == [0, 2]
     assert pareto_front([1.0, 1.0, 2.0], [0.3, 0.5, 0.5]) == [1]  # ties: the cheaper-or-better one only

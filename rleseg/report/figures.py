@@ -332,6 +332,14 @@ def _fig_quality_vs_size(data: _Data, style: _Style, path: Path) -> tuple[Path |
     return _save(fig, path), caption
 
 
+def same_place_labels(points: list[tuple[int, float]]) -> list[tuple[float, str]]:
+    """Trial numbers at (nearly) the same x as one label each: ``[(x, "#11, #17"), ...]``, ordered by x."""
+    groups: dict[float, list[int]] = {}
+    for number, x in points:
+        groups.setdefault(round(float(x), 1), []).append(number)
+    return [(x, ", ".join(f"#{n}" for n in sorted(ns))) for x, ns in sorted(groups.items())]
+
+
 def _fig_pareto(data: _Data, style: _Style, budget: float | None, path: Path) -> tuple[Path | None, str]:
     plt = _plt()
     from matplotlib.lines import Line2D
@@ -405,21 +413,23 @@ def _fig_pareto(data: _Data, style: _Style, budget: float | None, path: Path) ->
         if what == "memory":
             trans = blended_transform_factory(ax.transData, ax.transAxes)
             xs_untrained = []
-            for _, r in untrained.iterrows():
-                x = _finite(r.get("estimated_peak_mib"))
-                if x is not None:
-                    xs_untrained.append(x)
-                    ax.plot(x, 0.03, transform=trans, marker="x", color="#9aa3ab", ms=8, mew=1.5)
-                    ax.annotate(
-                        f"#{int(r['number'])}",
-                        (x, 0.03),
-                        xycoords=trans,
-                        textcoords="offset points",
-                        xytext=(0, 7),
-                        ha="center",
-                        fontsize=7.5,
-                        color="#6a737d",
-                    )
+            placed = [
+                (int(r["number"]), _finite(r.get("estimated_peak_mib"))) for _, r in untrained.iterrows()
+            ]
+            # Seeds of one point (repeats:) share its estimate: one marker, one label naming them all.
+            for x, label in same_place_labels([(n, x) for n, x in placed if x is not None]):
+                xs_untrained.append(x)
+                ax.plot(x, 0.03, transform=trans, marker="x", color="#9aa3ab", ms=8, mew=1.5)
+                ax.annotate(
+                    label,
+                    (x, 0.03),
+                    xycoords=trans,
+                    textcoords="offset points",
+                    xytext=(0, 7),
+                    ha="center",
+                    fontsize=7.5,
+                    color="#6a737d",
+                )
             # Points drawn in axes coordinates do not widen the autoscaled x range: widen it by hand.
             wanted = xs_untrained + ([budget] if budget is not None else [])
             if wanted:
